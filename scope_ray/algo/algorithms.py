@@ -1,0 +1,149 @@
+"""SCOPE, its ablations and the baselines behind one switch (``algorithm.name``).
+
+Each algorithm is a small frozen spec; the controller asks it which rollouts the teacher
+must score, the learner asks it for per-rollout weights and the loss. Everything runs
+through the same two loss functions in :mod:`scope_ray.algo.losses`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from scope_ray.algo.losses import Aggregation, grpo_advantages, grpo_loss, scope_loss
+from scope_ray.algo.weights import Normalize, scope_weights
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    name: str
+    loss: Literal["scope", "grpo"]
+    # True: correct rollouts take the MLE path and only incorrect ones go to the teacher.
+    # False (opd): every rollout takes the distillation path.
+    route_by_reward: bool
+    student_weighting: Literal["ppl", "uniform"] = "ppl"
+    teacher_weighting: Literal["ppl", "uniform", "reversed"] = "ppl"
+    weighted: bool = True
+    description: str = ""
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.loss == "scope"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss == "grpo"
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    spec.name: spec
+    for spec in (
+        AlgorithmSpec("scope", "scope", True, description="SCOPE: dual-path, perplexity-weighted (paper)"),
+        AlgorithmSpec("opd", "scope", False, weighted=False, description="uniform on-policy distillation"),
+        AlgorithmSpec("grpo", "grpo", False, weighted=False, description="GRPO: PPO-clip, group advantage, KL"),
+        AlgorithmSpec(
+            "scope-no-teacher-weight", "scope", True, teacher_weighting="uniform",
+            description="ablation: uniform weights on the incorrect path",
+        ),
+        AlgorithmSpec(
+            "scope-no-student-weight", "scope", True, student_weighting="uniform",
+            description="ablation: uniform weights on the correct path",
+        ),
+        AlgorithmSpec(
+            "scope-reversed-teacher", "scope", True, teacher_weighting="reversed",
+            description="ablation: teacher weight reversed (favours teacher-unlikely rollouts)",
+        ),
+        AlgorithmSpec(
+            "scope-no-weight", "scope", True, student_weighting="uniform", teacher_weighting="uniform",
+            description="ablation: dual path, all weighting removed",
+        ),
+    )
+}
+
+
+def get_algorithm(name: str) -> AlgorithmSpec:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(ALGORITHMS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown algorithm {name!r}{hint}; choose from {sorted(ALGORITHMS)}") from None
+
+
+def needs_teacher_score(spec: AlgorithmSpec, correct: torch.Tensor) -> torch.Tensor:
+    """Which rollouts the teacher must score: SCOPE only the incorrect, OPD all, GRPO none."""
+    if not spec.needs_teacher:
+        return torch.zeros_like(correct, dtype=torch.bool)
+    if spec.route_by_reward:
+        return ~correct
+    return torch.ones_like(correct, dtype=torch.bool)
+
+
+def distill_path(spec: AlgorithmSpec, correct: torch.Tensor) -> torch.Tensor:
+    """The routing the loss sees: True = MLE path. OPD sends everything to distillation."""
+    return correct if spec.route_by_reward else torch.zeros_like(correct, dtype=torch.bool)
+
+
+@torch.no_grad()
+def rollout_weights(
+    spec: AlgorithmSpec,
+    correct: torch.Tensor,
+    student_mean_logp: torch.Tensor,
+    teacher_mean_logp: torch.Tensor,
+    group_index: torch.Tensor,
+    *,
+    tau: float = 1.0,
+    normalize: Normalize = "sum",
+) -> torch.Tensor:
+    """Per-rollout weights for this algorithm (1 for the unweighted baselines)."""
+    if not spec.weighted:
+        return torch.ones(correct.shape[0])
+    return scope_weights(
+        distill_path(spec, correct), student_mean_logp, teacher_mean_logp, group_index,
+        tau=tau, normalize=normalize,
+        student=spec.student_weighting, teacher=spec.teacher_weighting,
+    )
+
+
+@dataclass
+class LossInputs:
+    """Everything but the trainable log-probs that a loss needs, for one (micro-)batch."""
+
+    old_logp: torch.Tensor  # [N, T]
+    mask: torch.Tensor  # [N, T]
+    correct: torch.Tensor  # bool [N], the verifier's verdict
+    group_index: torch.Tensor  # int [N]
+    weights: torch.Tensor  # [N], from rollout_weights (ignored by grpo)
+    rewards: torch.Tensor  # [N]
+    teacher_logp: torch.Tensor | None = None  # [N, T], NaN where not scored
+    ref_logp: torch.Tensor | None = None  # [N, T], grpo only
+    advantages: torch.Tensor | None = None  # [N], grpo only (group stats need the whole group)
+
+
+def compute_loss(
+    spec: AlgorithmSpec,
+    logp: torch.Tensor,
+    inputs: LossInputs,
+    *,
+    aggregation: Aggregation = "sum",
+    denominator: float | None = None,
+    clip_eps: float = 0.2,
+    kl_beta: float = 1e-4,
+) -> torch.Tensor:
+    if spec.loss == "grpo":
+        adv = inputs.advantages
+        if adv is None:
+            adv = grpo_advantages(inputs.rewards, inputs.group_index)
+        return grpo_loss(
+            logp, inputs.old_logp, inputs.ref_logp, inputs.mask, adv, inputs.group_index,
+            clip_eps=clip_eps, kl_beta=kl_beta, aggregation=aggregation, denominator=denominator,
+        )
+    if inputs.teacher_logp is None:
+        raise ValueError(f"teacher_logp is required for algorithm {spec.name!r}")
+    return scope_loss(
+        logp, inputs.old_logp, inputs.teacher_logp, inputs.mask, distill_path(spec, inputs.correct),
+        inputs.weights, inputs.group_index, aggregation=aggregation, denominator=denominator,
+    )
