@@ -1,0 +1,1 @@
+"""Engine construction shared by actors and command-line tools (no Ray import)."""

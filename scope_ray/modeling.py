@@ -1,0 +1,27 @@
+"""Per-token log-probs of given token ids under a causal LM (learner and teacher share it).
+
+Alignment used everywhere in scope-ray: ``logp[i, p]`` is log pi(ids[i, p] | ids[i, :p]),
+so position 0 has no value (0.0) and a response token keeps its own position. The
+learner and the torch teacher backend both call :func:`token_logprobs`, which is why
+the teacher server's scores match an unbatched forward pass exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def gather_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L, V] logits (position p predicts p+1) -> [B, L] log-probs of ``input_ids``."""
+    shifted = logits[:, :-1, :].float()
+    target = input_ids[:, 1:]
+    picked = shifted.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    # log_softmax without materialising it: logit - logsumexp over the vocabulary.
+    logp = picked - torch.logsumexp(shifted, dim=-1)
+    return torch.nn.functional.pad(logp, (1, 0), value=0.0)
+
+
+def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Right-padded batch -> [B, L] float32 token log-probs (see module docstring)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return gather_token_logprobs(out.logits, input_ids)

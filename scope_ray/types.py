@@ -1,0 +1,60 @@
+"""Plain data passed between the controller and the actors (picklable, no tensors).
+
+Token-level values are lists/arrays of the *response* tokens only; prompt tokens carry
+no signal. Batches for the learner are built from these by :mod:`scope_ray.batching`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Rollout:
+    """One sampled response of the student."""
+
+    response_ids: list[int]
+    # log pi_old(a_t) under the policy that sampled it (vLLM's raw, untempered log-prob).
+    response_logp: np.ndarray
+    text: str
+    finish_reason: str  # "stop" or "length"
+    policy_version: int
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt to sample G responses for."""
+
+    uid: str
+    prompt_ids: list[int]
+    n: int
+
+
+@dataclass
+class RolloutGroup:
+    """A prompt and its G rollouts, filled in stage by stage by the controller."""
+
+    uid: str
+    group_index: int  # unique per prompt within a run; the softmax segment key
+    prompt_ids: list[int]
+    ground_truth: str
+    data_source: str
+    rollouts: list[Rollout]
+    rewards: list[float] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    # Teacher log-probs of each response token; None where the teacher did not score it.
+    teacher_logp: list[np.ndarray | None] = field(default_factory=list)
+
+
+@dataclass
+class ScoreRequest:
+    """Teacher scoring of one sequence: log pi_T of each response token given its prefix."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.response_ids)
