@@ -30,6 +30,9 @@ class GenerationRequest:
     uid: str
     prompt_ids: list[int]
     n: int
+    # Sampling seed for this prompt's group (None: the engine's own stream). A per-prompt
+    # seed makes a group reproducible whichever worker or batch it lands in (resume).
+    seed: int | None = None
 
 
 @dataclass
