@@ -1,0 +1,359 @@
+"""The one typed configuration tree of a scope-ray run.
+
+A run is described by a YAML file (one per recipe, under ``launch/configs/``) plus dotted
+overrides on the command line (``learner.lr=1e-5``). Loading goes: defaults <- YAML <-
+overrides, each key checked against the dataclass fields (unknown keys get a "did you
+mean"), each value coerced to the field's type, then :meth:`RunConfig.validate` checks
+ranges and cross-field rules. Every error is one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key (or file)."""
+
+
+@dataclass
+class ModelConfig:
+    # Local HF directories. Empty: use the embedded tiny models (built by bootstrap).
+    student: str = ""
+    teacher: str = ""
+    # vLLM / learner dtype: "float32" on CPU; "bfloat16" on GPUs.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_prompt_tokens: int = 128
+    max_response_tokens: int = 96
+
+
+@dataclass
+class DataConfig:
+    # Parquet/JSONL files in verl's layout. Empty: the embedded synthetic task.
+    train_files: list[str] = field(default_factory=list)
+    eval_files: list[str] = field(default_factory=list)
+    prompt_suffix: str = "Put your final answer within \\boxed{}."
+    on_bad_row: Literal["skip", "fail"] = "skip"
+    # Evaluate on at most this many held-out prompts (0 = all).
+    max_eval_prompts: int = 0
+
+
+@dataclass
+class BootstrapConfig:
+    """The embedded default: a tiny task, teacher and student built locally."""
+
+    cache_dir: str = ""  # default: $SCOPE_RAY_CACHE or ~/.cache/scope-ray
+    preset: Literal["default", "tiny"] = "default"
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 1
+    group_size: int = 8  # G rollouts per prompt
+    temperature: float = 0.6
+    top_p: float = 1.0
+    top_k: int = -1
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    # Prompts per generate() call: smaller streams groups sooner, larger batches better.
+    prompts_per_request: int = 4
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    weight_sync: Literal["safetensors", "nccl"] = "safetensors"
+    weight_bucket_mb: int = 256
+
+
+@dataclass
+class TeacherConfig:
+    num_replicas: int = 1
+    backend: Literal["hf", "vllm"] = "hf"
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 5.0
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+
+
+@dataclass
+class LearnerConfig:
+    num_workers: int = 1
+    zero_stage: int = 2
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    micro_batch_tokens: int = 16384
+    gradient_checkpointing: bool = False
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "scope"  # scope | opd | grpo | scope-no-teacher-weight | ...
+    tau: float = 1.0
+    normalize: Literal["sum", "mean"] = "sum"
+    aggregation: Literal["sum", "token-mean"] = "sum"
+    clip_eps: float = 0.2  # grpo
+    kl_beta: float = 1e-4  # grpo
+
+
+@dataclass
+class TrainerConfig:
+    """What the controller does, in which order, and how often."""
+
+    prompts_per_step: int = 16  # B complete groups per gradient step
+    total_steps: int = 20
+    max_staleness: int = 0  # 0: strictly on-policy; 1: generate next batch while training
+    # "stream": teacher scoring overlaps generation; "sequential": generate all, then
+    # score all, then train (the baseline the pipeline benchmark compares against).
+    schedule: Literal["stream", "sequential"] = "stream"
+    seed: int = 0
+    eval_every: int = 10  # steps; 0 disables periodic evaluation
+    eval_at_end: bool = True  # evaluate before the first and after the last step
+    eval_k: int = 8
+    eval_temperature: float = 0.6
+    eval_top_p: float = 1.0
+    eval_top_k: int = -1
+    save_every: int = 10  # steps; 0 disables periodic checkpoints
+    keep_checkpoints: int = 2
+    run_dir: str = ""  # default: runs/<name>-<time>
+    name: str = "scope"
+    # Seconds before a remote call counts as hung; the error names the actor and call.
+    generate_timeout_s: float = 600.0
+    score_timeout_s: float = 600.0
+    train_timeout_s: float = 1200.0
+    sync_timeout_s: float = 300.0
+    max_nonfinite_steps: int = 3
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # "" = $RAY_ADDRESS if set, else start a local Ray in-process
+    num_cpus: int = 0  # local Ray only; 0 = Ray's default
+    dashboard_host: str = "127.0.0.1"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    @property
+    def uses_embedded_models(self) -> bool:
+        return not self.model.student
+
+    def validate(self, check_paths: bool = True) -> RunConfig:
+        """Check ranges and cross-field rules; ``check_paths=False`` skips filesystem
+        checks (for recipes whose model dirs exist only on the cluster)."""
+        _validate(self, check_paths)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _require(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _validate(cfg: RunConfig, check_paths: bool) -> None:
+    from scope_ray.algo import ALGORITHMS
+
+    m, r, t, lr, a, tr = cfg.model, cfg.rollout, cfg.teacher, cfg.learner, cfg.algorithm, cfg.trainer
+    _require(bool(m.student) == bool(m.teacher), "model.teacher" if m.student else "model.student",
+             "set both model.student and model.teacher, or neither (embedded default)")
+    for key, path in (("model.student", m.student), ("model.teacher", m.teacher)):
+        if path and check_paths:
+            _require(Path(path).is_dir(), key, f"model directory {path!r} does not exist")
+            _require((Path(path) / "config.json").is_file(), key, f"{path!r} has no config.json (not an HF model dir)")
+    _require(bool(cfg.data.train_files) or cfg.uses_embedded_models, "data.train_files",
+             "required when model.student is set (real models need real data)")
+    for key, files in (("data.train_files", cfg.data.train_files), ("data.eval_files", cfg.data.eval_files)):
+        for f in files if check_paths else []:
+            _require(Path(f).is_file(), key, f"file {f!r} does not exist")
+    _require(m.max_prompt_tokens > 0, "model.max_prompt_tokens", "must be > 0")
+    _require(m.max_response_tokens > 0, "model.max_response_tokens", "must be > 0")
+    _require(r.num_workers >= 1, "rollout.num_workers", "must be >= 1")
+    _require(r.group_size >= 1, "rollout.group_size", "must be >= 1")
+    _require(r.temperature > 0, "rollout.temperature", "must be > 0 (sampling; greedy rollouts give identical groups)")
+    _require(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    _require(r.top_k == -1 or r.top_k > 0, "rollout.top_k", "must be -1 (off) or > 0")
+    _require(r.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
+    _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
+    _require(r.prompts_per_request >= 1, "rollout.prompts_per_request", "must be >= 1")
+    _require(r.weight_bucket_mb >= 1, "rollout.weight_bucket_mb", "must be >= 1")
+    _require(t.num_replicas >= 1, "teacher.num_replicas", "must be >= 1")
+    _require(t.max_batch_tokens >= 1, "teacher.max_batch_tokens", "must be >= 1")
+    _require(t.max_wait_ms >= 0, "teacher.max_wait_ms", "must be >= 0")
+    _require(lr.num_workers >= 1, "learner.num_workers", "must be >= 1")
+    _require(lr.zero_stage in (0, 1, 2, 3), "learner.zero_stage", f"must be 0, 1, 2 or 3, got {lr.zero_stage}")
+    _require(lr.lr > 0, "learner.lr", "must be > 0")
+    _require(lr.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
+    _require(len(lr.betas) == 2 and all(0 <= b < 1 for b in lr.betas), "learner.betas", "must be two numbers in [0, 1)")
+    _require(lr.grad_clip >= 0, "learner.grad_clip", "must be >= 0 (0 = off)")
+    min_tokens = m.max_prompt_tokens + m.max_response_tokens
+    _require(lr.micro_batch_tokens >= min_tokens, "learner.micro_batch_tokens",
+             f"must hold one full sequence (>= {min_tokens} = max_prompt_tokens + max_response_tokens)")
+    _require(t.max_batch_tokens >= min_tokens, "teacher.max_batch_tokens",
+             f"must hold one full sequence (>= {min_tokens})")
+    if a.name not in ALGORITHMS:
+        close = difflib.get_close_matches(a.name, list(ALGORITHMS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"algorithm.name: unknown algorithm {a.name!r}{hint}; choose from {sorted(ALGORITHMS)}")
+    _require(a.tau > 0, "algorithm.tau", "must be > 0")
+    _require(a.clip_eps > 0, "algorithm.clip_eps", "must be > 0")
+    _require(a.kl_beta >= 0, "algorithm.kl_beta", "must be >= 0")
+    _require(tr.prompts_per_step >= 1, "trainer.prompts_per_step", "must be >= 1")
+    _require(tr.total_steps >= 1, "trainer.total_steps", "must be >= 1")
+    _require(tr.max_staleness in (0, 1), "trainer.max_staleness", "must be 0 or 1")
+    _require(tr.eval_every >= 0, "trainer.eval_every", "must be >= 0")
+    _require(tr.eval_k >= 1, "trainer.eval_k", "must be >= 1")
+    _require(tr.save_every >= 0, "trainer.save_every", "must be >= 0")
+    _require(tr.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1")
+    for key in ("generate_timeout_s", "score_timeout_s", "train_timeout_s", "sync_timeout_s"):
+        _require(getattr(tr, key) > 0, f"trainer.{key}", "must be > 0")
+    _require(tr.max_nonfinite_steps >= 1, "trainer.max_nonfinite_steps", "must be >= 1")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, known: list[str]) -> ConfigError:
+    leaf = key.rsplit(".", 1)[-1]
+    prefix = key[: len(key) - len(leaf)]
+    close = difflib.get_close_matches(leaf, known, n=1)
+    hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+    return ConfigError(f"{key}: unknown key{hint}")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin in (list, typing.List):  # noqa: UP006
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v] if value else []
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: union types are not supported in the config tree")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-5" (no dot) as a string; accept any float literal.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {type(data).__name__}")
+    types_ = _field_types(type(obj))
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in types_:
+            raise _unknown_key(full, list(types_))
+        tp = types_[key]
+        if dataclasses.is_dataclass(tp):
+            _apply(getattr(obj, key), value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(full, value, tp))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], parsed value); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"{text}: overrides look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"{text}: bad key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from None
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None, *, check_paths: bool = True
+) -> RunConfig:
+    """Defaults <- YAML file <- dotted overrides, then validated."""
+    cfg = RunConfig()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        try:
+            _apply(cfg, data)
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _apply(cfg, _nest(keys, value))
+    return cfg.validate(check_paths)
+
+
+def dump_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,146 @@
+"""Pure per-group steps of the controller: route, collect teacher work, weigh, measure.
+
+No Ray here: the stream hands finished groups to these functions, and the tests call
+them directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from scope_ray.algo import AlgorithmSpec, needs_teacher_score, rollout_weights, weight_stats
+from scope_ray.types import RolloutGroup, ScoreRequest
+
+NAN = float("nan")
+
+
+def teacher_requests(spec: AlgorithmSpec, group: RolloutGroup) -> tuple[list[int], list[ScoreRequest]]:
+    """Which rollouts of a verified group the teacher must score, and the requests."""
+    correct = torch.tensor([r > 0.5 for r in group.rewards], dtype=torch.bool)
+    need = needs_teacher_score(spec, correct).tolist()
+    idx = [i for i, n in enumerate(need) if n]
+    reqs = [ScoreRequest(prompt_ids=group.prompt_ids, response_ids=group.rollouts[i].response_ids) for i in idx]
+    return idx, reqs
+
+
+def attach_teacher(group: RolloutGroup, indices: Sequence[int], scores: Sequence[np.ndarray]) -> None:
+    group.teacher_logp = [None] * len(group.rollouts)
+    for i, s in zip(indices, scores):
+        if len(s) != len(group.rollouts[i].response_ids):
+            raise ValueError(
+                f"teacher returned {len(s)} log-probs for a {len(group.rollouts[i].response_ids)}-token response "
+                f"(prompt {group.uid}, rollout {i})"
+            )
+        group.teacher_logp[i] = np.asarray(s, dtype=np.float32)
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(np.mean(x, dtype=np.float64)) if len(x) else NAN
+
+
+@dataclass
+class WeightedBatch:
+    """Flat per-rollout view of B groups plus their SCOPE weights."""
+
+    groups: list[RolloutGroup]
+    correct: torch.Tensor  # bool [N]
+    rewards: torch.Tensor  # [N]
+    group_index: torch.Tensor  # long [N]
+    student_mean_logp: torch.Tensor  # [N] ell_S under the rollout policy
+    teacher_mean_logp: torch.Tensor  # [N] ell_T, NaN where not scored
+    weights: torch.Tensor  # [N]
+
+
+def weigh_groups(
+    spec: AlgorithmSpec, groups: Sequence[RolloutGroup], *, tau: float, normalize: str
+) -> WeightedBatch:
+    """Group-level weight normalisation over complete groups (Eq. 4-5).
+
+    ell_S comes from the rollout engine's log-probs of its own samples: that *is* pi_old,
+    available the moment a group finishes, with no learner round trip.
+    """
+    correct, rewards, gidx, ell_s, ell_t = [], [], [], [], []
+    for g in groups:
+        if len(g.rewards) != len(g.rollouts):
+            raise ValueError(f"group {g.uid} is not verified")
+        for i, r in enumerate(g.rollouts):
+            correct.append(g.rewards[i] > 0.5)
+            rewards.append(g.rewards[i])
+            gidx.append(g.group_index)
+            ell_s.append(_mean(r.response_logp))
+            t = g.teacher_logp[i] if g.teacher_logp else None
+            ell_t.append(_mean(t) if t is not None else NAN)
+    c = torch.tensor(correct, dtype=torch.bool)
+    batch = WeightedBatch(
+        groups=list(groups),
+        correct=c,
+        rewards=torch.tensor(rewards, dtype=torch.float32),
+        group_index=torch.tensor(gidx, dtype=torch.long),
+        student_mean_logp=torch.tensor(ell_s, dtype=torch.float64),
+        teacher_mean_logp=torch.tensor(ell_t, dtype=torch.float64),
+        weights=torch.ones(len(correct)),
+    )
+    if spec.loss == "scope":
+        batch.weights = rollout_weights(
+            spec, c, batch.student_mean_logp, batch.teacher_mean_logp, batch.group_index,
+            tau=tau, normalize=normalize,  # type: ignore[arg-type]
+        )
+    return batch
+
+
+def batch_metrics(spec: AlgorithmSpec, wb: WeightedBatch, learner_version: int) -> dict[str, float]:
+    """Per-step statistics of the rollouts, routing and weights."""
+    groups = wb.groups
+    n = len(wb.correct)
+    lengths = [len(r.response_ids) for g in groups for r in g.rollouts]
+    versions = [r.policy_version for g in groups for r in g.rollouts]
+    truncated = [r.finish_reason == "length" for g in groups for r in g.rollouts]
+    per_group_acc = [float(np.mean(g.rewards)) for g in groups]
+    out: dict[str, float] = {
+        "rollout/reward_mean": float(wb.rewards.mean()),
+        "rollout/accuracy": float(wb.correct.float().mean()),
+        "rollout/groups_all_correct": float(np.mean([a == 1.0 for a in per_group_acc])),
+        "rollout/groups_all_wrong": float(np.mean([a == 0.0 for a in per_group_acc])),
+        "rollout/response_len_mean": float(np.mean(lengths)),
+        "rollout/truncated_fraction": float(np.mean(truncated)),
+        "rollout/tokens": float(sum(lengths)),
+        "rollout/staleness_mean": float(np.mean([learner_version - v for v in versions])),
+        "rollout/staleness_max": float(max(learner_version - v for v in versions)),
+        "branch/correct_size": float(wb.correct.sum()),
+        "branch/incorrect_size": float(n - int(wb.correct.sum())),
+    }
+    reasons: dict[str, int] = {}
+    for g in groups:
+        for r in g.reasons:
+            reasons[r] = reasons.get(r, 0) + 1
+    for r, k in reasons.items():
+        out[f"verifier/{r}"] = k / n
+    if spec.loss == "scope":
+        from scope_ray.algo import distill_path
+
+        mle = distill_path(spec, wb.correct)
+        for name, members in (("correct", mle), ("incorrect", ~mle)):
+            st = weight_stats(wb.weights, members, wb.group_index)
+            for k, v in st.items():
+                if k != "size":
+                    out[f"weights/{name}_{k}"] = v
+        # Sampled reverse KL on scored rollouts: mean over tokens of log pi_S - log pi_T.
+        diffs = [
+            r.response_logp.astype(np.float64) - t.astype(np.float64)
+            for g in groups
+            for r, t in zip(g.rollouts, g.teacher_logp or [])
+            if t is not None
+        ]
+        if diffs:
+            out["teacher/reverse_kl"] = float(np.concatenate(diffs).mean())
+            out["teacher/scored_rollouts"] = float(len(diffs))
+            out["teacher/scored_tokens"] = float(sum(len(d) for d in diffs))
+        else:
+            out["teacher/scored_rollouts"] = 0.0
+            out["teacher/scored_tokens"] = 0.0
+    return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}

@@ -1,0 +1,91 @@
+"""Where a run's numbers go: metrics.jsonl, TensorBoard events, and a PNG of the curves.
+
+``metrics.jsonl`` holds one JSON object per line with ``step`` and the step's metrics;
+evaluation rows carry ``eval/avg@K`` and ``eval/pass@K``. On resume the file is cut
+back to the resumed step so a replayed step does not appear twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            kept = [row for row in self.read() if row.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        except Exception as exc:  # noqa: BLE001 - TensorBoard is optional at run time
+            logger.warning("TensorBoard logging disabled: %s", exc)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+    def plot(self, out: Path | None = None, eval_k: int = 8) -> Path | None:
+        """Training curves: rollout accuracy, loss and held-out avg@K / pass@K."""
+        rows = self.read()
+        if not rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out = out or self.run_dir / "curves.png"
+        panels = [
+            ("rollout/accuracy", "rollout accuracy"),
+            ("learner/loss", "loss"),
+            (f"eval/avg@{eval_k}", f"held-out avg@{eval_k} / pass@{eval_k}"),
+        ]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+        for ax, (key, title) in zip(axes, panels):
+            keys = [key, f"eval/pass@{eval_k}"] if key.startswith("eval/") else [key]
+            for k in keys:
+                pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+                if pts:
+                    xs, ys = zip(*pts)
+                    ax.plot(xs, ys, marker="o" if k.startswith("eval/") else None, label=k)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            if key.startswith("eval/"):
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    return v

@@ -1,0 +1,86 @@
+"""scope_ray/config.py: defaults, YAML + dotted overrides, one-line errors naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from scope_ray.config import ConfigError, RunConfig, dump_config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_validate_and_overrides_apply():
+    cfg = load_config(None, ["learner.lr=1e-5", "algorithm.name=opd", "learner.betas=[0.9, 0.95]", "trainer.eval_at_end=false"])
+    assert cfg.learner.lr == 1e-5 and isinstance(cfg.learner.lr, float)
+    assert cfg.algorithm.name == "opd"
+    assert cfg.learner.betas == [0.9, 0.95]
+    assert cfg.trainer.eval_at_end is False
+    assert RunConfig().validate().uses_embedded_models
+
+
+def test_yaml_then_overrides(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("learner:\n  lr: 0.001\n  zero_stage: 3\ntrainer:\n  total_steps: 7\n")
+    cfg = load_config(p, ["trainer.total_steps=9"])
+    assert (cfg.learner.lr, cfg.learner.zero_stage, cfg.trainer.total_steps) == (0.001, 3, 9)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(None, ["rollout.group_size=4", "data.prompt_suffix="])
+    dump_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("learner.lrr=1", "learner.lrr: unknown key (did you mean 'learner.lr'?)"),
+        ("lerner.lr=1", "lerner: unknown key (did you mean 'learner'?)"),
+        ("algorithm.name=scop", "algorithm.name: unknown algorithm 'scop' (did you mean 'scope'?)"),
+        ("learner.zero_stage=x", "learner.zero_stage: expected an integer"),
+        ("learner.zero_stage=4", "learner.zero_stage: must be 0, 1, 2 or 3"),
+        ("rollout.temperature=0", "rollout.temperature: must be > 0"),
+        ("algorithm.tau=-1", "algorithm.tau: must be > 0"),
+        ("algorithm.normalize=softmax", "algorithm.normalize: must be one of ['sum', 'mean']"),
+        ("trainer.max_staleness=2", "trainer.max_staleness: must be 0 or 1"),
+        ("learner.gradient_checkpointing=3", "learner.gradient_checkpointing: expected true/false"),
+        ("rollout=3", "rollout: expected a mapping"),
+        ("model.student=/does/not/exist", "model.teacher: set both"),
+        ("learner.micro_batch_tokens=10", "learner.micro_batch_tokens: must hold one full sequence"),
+        ("noequals", "overrides look like section.key=value"),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_missing_model_dir_and_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="model.student: model directory '/nope/s' does not exist"):
+        load_config(None, ["model.student=/nope/s", "model.teacher=/nope/t", f"data.train_files=[{tmp_path}/x]"])
+    (tmp_path / "s").mkdir()
+    with pytest.raises(ConfigError, match="has no config.json"):
+        load_config(None, [f"model.student={tmp_path}/s", f"model.teacher={tmp_path}/s", f"data.train_files=[{tmp_path}/x]"])
+    with pytest.raises(ConfigError, match="nope.yaml: config file does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learner:\n  lr: [1\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainer:\n  total_step: 3\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: trainer.total_step: unknown key \(did you mean 'trainer.total_steps'\?\)"):
+        load_config(typo)
+
+
+def test_every_shipped_recipe_loads():
+    recipes = sorted((ROOT / "launch" / "configs").glob("*.yaml"))
+    assert recipes, "no recipes under launch/configs"
+    for path in recipes:
+        # Cluster recipes point at model dirs that exist only on the cluster.
+        cfg = load_config(path, check_paths=False)
+        assert cfg.trainer.total_steps >= 1, path
