@@ -1,0 +1,153 @@
+"""RolloutWorker: a Ray actor that owns one vLLM engine and samples student rollouts.
+
+The actor is deliberately thin: it turns :class:`~scope_ray.types.GenerationRequest`s
+into vLLM calls and vLLM outputs into :class:`~scope_ray.types.Rollout`s, and swaps in
+new weights through :class:`~scope_ray.engines.vllm_weight_sync.WeightSyncExtension`.
+Its methods run one at a time (Ray's default for a sync actor), so an ``update_weights``
+submitted after a ``generate`` never races with it, and generation submitted after an
+update always sees the new weights.
+
+Log-probs are vLLM's ``raw_logprobs`` (the default ``logprobs_mode``): log-softmax of
+the model's logits before temperature / top-p / top-k, i.e. log pi_old(a_t) of the
+policy itself, which is what the learner's importance ratio needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+import ray
+
+from scope_ray.engines.vllm_engine import EngineOptions, create_llm
+from scope_ray.types import GenerationRequest, Rollout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1 or 0: disabled
+    max_tokens: int = 256
+
+    @classmethod
+    def coerce(cls, value: SamplingConfig | dict[str, Any] | None, base: SamplingConfig | None = None) -> SamplingConfig:
+        """A dataclass, or a (partial) dict of overrides on ``base`` (defaults if None)."""
+        base = base or cls()
+        if value is None:
+            return base
+        if isinstance(value, SamplingConfig):
+            return value
+        unknown = set(value) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown sampling keys: {sorted(unknown)}")
+        return replace(base, **value)
+
+
+def request_seed(worker_seed: int, worker_index: int, call_index: int) -> int:
+    """A 31-bit seed for the ``call_index``-th request a worker serves.
+
+    vLLM gives the j-th of n samples seed + j, so seeds must not be consecutive; hashing
+    (worker seed, worker, call) spreads them and keeps them reproducible run to run.
+    """
+    return int(np.random.SeedSequence([worker_seed, worker_index, call_index]).generate_state(1)[0] >> 1)
+
+
+@ray.remote
+class RolloutWorker:
+    def __init__(self, engine: EngineOptions, sampling: SamplingConfig | dict[str, Any], worker_index: int = 0) -> None:
+        self.worker_index = worker_index
+        self.engine_opts = engine
+        self.sampling = SamplingConfig.coerce(sampling)
+        self._version = 0
+        self._calls = 0  # requests served: the seed counter for unseeded requests
+        t0 = time.perf_counter()
+        self.llm = create_llm(engine)
+        logger.info("rollout worker %d ready in %.1fs (%s)", worker_index, time.perf_counter() - t0, engine.model_dir)
+
+    def ready(self) -> bool:
+        return True
+
+    def version(self) -> int:
+        return self._version
+
+    def _params(self, n: int, seed: int, sampling: SamplingConfig):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=n,
+            seed=seed,
+            logprobs=0,  # only the sampled token's log-prob
+            **asdict(sampling),
+        )
+
+    def generate(
+        self, requests: list[GenerationRequest], sampling: SamplingConfig | dict[str, Any] | None = None
+    ) -> list[list[Rollout]]:
+        """G = ``request.n`` rollouts per request, in request order.
+
+        ``sampling`` overrides the worker's defaults for this call (e.g. evaluation
+        temperature). A request's ``seed`` (when not None) fixes its samples wherever it
+        runs; otherwise the seed comes from (engine seed, worker index, count of
+        requests this worker has served), reproducible for the same call sequence.
+        """
+        from vllm.inputs import TokensPrompt
+
+        if not requests:
+            return []
+        cfg = SamplingConfig.coerce(sampling, self.sampling)
+        params = []
+        for req in requests:
+            seed = req.seed
+            if seed is None:
+                seed = request_seed(self.engine_opts.seed, self.worker_index, self._calls)
+            self._calls += 1
+            params.append(self._params(req.n, seed, cfg))
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
+        t0 = time.perf_counter()
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        result = [[self._rollout(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+        n_tok = sum(len(r.response_ids) for group in result for r in group)
+        logger.debug("worker %d: %d prompts, %d tokens in %.2fs", self.worker_index, len(requests), n_tok, time.perf_counter() - t0)
+        return result
+
+    def _rollout(self, c) -> Rollout:
+        ids = list(c.token_ids)
+        logp = np.array([step[tok].logprob for step, tok in zip(c.logprobs, ids, strict=True)], dtype=np.float32)
+        return Rollout(
+            response_ids=ids,
+            response_logp=logp,
+            text=c.text,
+            finish_reason=str(c.finish_reason),
+            policy_version=self._version,
+        )
+
+    def update_weights(self, blobs: list[bytes], version: int) -> int:
+        """Load a full set of weights (safetensors blobs) and tag later rollouts ``version``."""
+        t0 = time.perf_counter()
+        counts = self.llm.collective_rpc("load_weights_from_safetensors", args=(blobs,))
+        self._after_update(version)
+        logger.info("worker %d: weights v%d (%d tensors) in %.2fs", self.worker_index, version, counts[0], time.perf_counter() - t0)
+        return counts[0]
+
+    # ---- GPU path: NCCL broadcast from the learner (untested here: no GPU) ----
+
+    def init_weight_update_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
+        self.llm.collective_rpc("init_weight_update_group", args=(master_address, master_port, rank_offset, world_size))
+
+    def update_weights_nccl(self, names: list[str], dtypes: list[str], shapes: list[list[int]], version: int) -> int:
+        counts = self.llm.collective_rpc("update_weights_nccl", args=(names, dtypes, shapes))
+        self._after_update(version)
+        return counts[0]
+
+    def _after_update(self, version: int) -> None:
+        # Cached prefix KV blocks were computed by the old weights; reusing them would
+        # silently mix policies. The actor is idle here, so nothing is running.
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
+        self._version = version

@@ -1,0 +1,48 @@
+"""Session-wide fixtures shared by the Ray / vLLM tests.
+
+One local Ray session and one tiny model directory per test session: starting Ray
+(~3 s) and vLLM engines (~3-7 s each) are the expensive parts of these tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init TinyModelSpec student (seed 0) saved as an HF dir vLLM serves."""
+    from scope_ray.bootstrap.models import TinyModelSpec, init_model, save_model_dir
+
+    return save_model_dir(init_model(TinyModelSpec(), seed=0), tmp_path_factory.mktemp("tiny_student"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray for the whole session (4 logical CPUs: actors' num_cpus are a
+    scheduling budget here, not cores), no dashboard."""
+    import ray
+
+    with pytest.MonkeyPatch.context() as mp:
+        # Ray 2.60 enables token authentication by default; a throwaway local cluster
+        # needs none, and the variable must be set before ray.init().
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cpu_kv_memory_fraction() -> float:
+    """``gpu_memory_utilization`` for vLLM-CPU engines in tests.
+
+    On CPU that fraction of *host* RAM is the engine's budget (its own RSS + KV cache).
+    The default 0.85 would claim most of a shared machine; ~2.5 GiB is plenty here.
+    """
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(0.5, 2.5 * (1 << 30) / total)
