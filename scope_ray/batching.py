@@ -1,0 +1,265 @@
+"""Learner batches: collate rollouts, shard by prompt groups, cut into micro-batches.
+
+No Ray and no model code here. A :class:`TrainBatch` holds right-padded prompt+response
+sequences and per-token values aligned with :mod:`scope_ray.modeling`: the value for a
+response token sits at that token's own position in the concatenated sequence.
+
+Why shards keep whole prompt groups: group statistics (GRPO's advantage, anything a
+loss computes per prompt) need every rollout of the prompt on one rank. Micro-batches
+may split a group: the loss divides by the GLOBAL prompt (or token) count, so
+micro-batch losses simply add up (see :mod:`scope_ray.learner.step`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+
+ArrayLike = Sequence[float] | np.ndarray | torch.Tensor
+
+
+@dataclass
+class TrainBatch:
+    """N rollouts, right-padded to length L (CPU tensors)."""
+
+    input_ids: torch.Tensor  # long [N, L] prompt + response, then pad
+    attention_mask: torch.Tensor  # long [N, L] 1 on real tokens
+    response_mask: torch.Tensor  # long [N, L] 1 on response tokens
+    old_logp: torch.Tensor  # float32 [N, L] rollout policy log-probs, 0 off-response
+    teacher_logp: torch.Tensor  # float32 [N, L] NaN where the teacher did not score
+    correct: torch.Tensor  # bool [N]
+    rewards: torch.Tensor  # float32 [N]
+    weights: torch.Tensor  # float32 [N]
+    group_index: torch.Tensor  # long [N] prompt id, the grouping key
+    ref_logp: torch.Tensor | None = None  # float32 [N, L] reference policy (grpo)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def num_prompts(self) -> int:
+        return int(torch.unique(self.group_index).numel())
+
+    @property
+    def num_response_tokens(self) -> int:
+        return int(self.response_mask.sum())
+
+    def lengths(self) -> torch.Tensor:
+        """Real (unpadded) length of each row, long [N]."""
+        return self.attention_mask.sum(dim=1)
+
+    def select(self, rows: torch.Tensor | Sequence[int]) -> TrainBatch:
+        """Rows ``rows`` in that order (no trimming)."""
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        return TrainBatch(**{f.name: _index(getattr(self, f.name), idx) for f in fields(self)})
+
+    def trim(self) -> TrainBatch:
+        """Drop trailing all-padding columns. Exact: attention is causal and the padding
+        is on the right, so no real token ever attends to a dropped column."""
+        width = int(self.lengths().max()) if self.num_rows else 0
+        if width == self.seq_len:
+            return self
+        return replace(self, **{f.name: _cols(getattr(self, f.name), width) for f in fields(self) if _is_2d(f.name)})
+
+    def validate(self) -> None:
+        """Shape/dtype/alignment checks; raises ValueError naming the field.
+
+        Run on the driver before a batch is dispatched: a bad batch raising on one rank
+        only would leave the other ranks waiting in a collective.
+        """
+        n, length = self.num_rows, self.seq_len
+        for f in fields(self):
+            t = getattr(self, f.name)
+            if t is None:
+                continue
+            want = (n, length) if _is_2d(f.name) else (n,)
+            if tuple(t.shape) != want:
+                raise ValueError(f"TrainBatch.{f.name} has shape {tuple(t.shape)}, expected {want}")
+        if self.correct.dtype != torch.bool:
+            raise ValueError(f"TrainBatch.correct must be bool, got {self.correct.dtype}")
+        if self.group_index.dtype != torch.long:
+            raise ValueError(f"TrainBatch.group_index must be long, got {self.group_index.dtype}")
+        resp = self.response_mask.bool()
+        if bool((resp & ~self.attention_mask.bool()).any()):
+            raise ValueError("TrainBatch.response_mask is 1 outside attention_mask")
+        if n and bool(resp[:, 0].any()):
+            raise ValueError("TrainBatch.response_mask is 1 at position 0 (it has no log-prob)")
+        if not bool(torch.isfinite(self.old_logp[resp]).all()):
+            raise ValueError("TrainBatch.old_logp is non-finite on a response token")
+        if self.ref_logp is not None and not bool(torch.isfinite(self.ref_logp[resp]).all()):
+            raise ValueError("TrainBatch.ref_logp is non-finite on a response token")
+        if not bool(torch.isfinite(self.weights).all()):
+            raise ValueError("TrainBatch.weights is non-finite")
+
+
+_2D_FIELDS = frozenset({"input_ids", "attention_mask", "response_mask", "old_logp", "teacher_logp", "ref_logp"})
+
+
+def _is_2d(name: str) -> bool:
+    return name in _2D_FIELDS
+
+
+def _index(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t.index_select(0, idx)
+
+
+def _cols(t: torch.Tensor | None, width: int) -> torch.Tensor | None:
+    return None if t is None else t[:, :width].contiguous()
+
+
+def _row_values(values: ArrayLike | None, n: int, what: str, row: int) -> torch.Tensor | None:
+    if values is None:
+        return None
+    t = torch.as_tensor(np.asarray(values, dtype=np.float32)).reshape(-1)
+    if t.numel() != n:
+        raise ValueError(f"{what}[{row}] has {t.numel()} values for a {n}-token response")
+    return t
+
+
+def _per_rollout(name: str, values: object, n: int, dtype: torch.dtype) -> torch.Tensor:
+    t = torch.as_tensor(values).reshape(-1)
+    if t.numel() != n:
+        raise ValueError(f"{name} has {t.numel()} entries for {n} rollouts")
+    if dtype == torch.bool and t.dtype != torch.bool:
+        raise ValueError(f"{name} must be bool, got {t.dtype}")
+    if dtype == torch.long and (t.dtype.is_floating_point or t.dtype == torch.bool):
+        raise ValueError(f"{name} must be integer, got {t.dtype}")
+    return t.to(dtype)
+
+
+def collate(
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    old_logp: Sequence[ArrayLike],
+    teacher_logp: Sequence[ArrayLike | None],
+    correct: Sequence[bool] | torch.Tensor,
+    rewards: Sequence[float] | torch.Tensor,
+    weights: Sequence[float] | torch.Tensor,
+    group_index: Sequence[int] | torch.Tensor,
+    pad_id: int,
+    ref_logp: Sequence[ArrayLike] | None = None,
+) -> TrainBatch:
+    """Per-rollout lists -> one right-padded :class:`TrainBatch`.
+
+    ``old_logp[i]`` / ``teacher_logp[i]`` / ``ref_logp[i]`` hold one value per response
+    token of rollout i; value t lands at position ``len(prompt_ids[i]) + t``.
+    ``teacher_logp[i]`` may be None (not scored): that row is NaN.
+    """
+    n = len(prompt_ids)
+    for name, seq in (("response_ids", response_ids), ("old_logp", old_logp), ("teacher_logp", teacher_logp)):
+        if len(seq) != n:
+            raise ValueError(f"{name} has {len(seq)} entries for {n} prompts")
+    if ref_logp is not None and len(ref_logp) != n:
+        raise ValueError(f"ref_logp has {len(ref_logp)} entries for {n} prompts")
+    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
+    width = max(lengths, default=0)
+
+    input_ids = torch.full((n, width), int(pad_id), dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    response_mask = torch.zeros((n, width), dtype=torch.long)
+    old = torch.zeros((n, width), dtype=torch.float32)
+    teacher = torch.full((n, width), float("nan"), dtype=torch.float32)
+    ref = torch.zeros((n, width), dtype=torch.float32) if ref_logp is not None else None
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        if len(p) == 0:
+            raise ValueError(f"prompt_ids[{i}] is empty (the first response token needs a prefix)")
+        start, end = len(p), len(p) + len(r)
+        input_ids[i, :end] = torch.as_tensor(list(p) + list(r), dtype=torch.long)
+        attention_mask[i, :end] = 1
+        response_mask[i, start:end] = 1
+        old[i, start:end] = _row_values(old_logp[i], len(r), "old_logp", i)
+        t = _row_values(teacher_logp[i], len(r), "teacher_logp", i)
+        if t is not None:
+            teacher[i, start:end] = t
+        if ref is not None:
+            ref[i, start:end] = _row_values(ref_logp[i], len(r), "ref_logp", i)
+
+    batch = TrainBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
+        old_logp=old,
+        teacher_logp=teacher,
+        correct=_per_rollout("correct", correct, n, torch.bool),
+        rewards=_per_rollout("rewards", rewards, n, torch.float32),
+        weights=_per_rollout("weights", weights, n, torch.float32),
+        group_index=_per_rollout("group_index", group_index, n, torch.long),
+        ref_logp=ref,
+    )
+    batch.validate()
+    return batch
+
+
+def shard_indices(group_index: torch.Tensor, row_tokens: torch.Tensor, num_shards: int) -> list[torch.Tensor]:
+    """Row indices of each shard: whole groups, balanced by tokens.
+
+    Greedy longest-processing-time: the heaviest remaining group goes to the lightest
+    shard (ties: lower shard id, then the group seen first), deterministic for a batch.
+    Rows keep their batch order inside a shard. Shards may be empty when there are
+    fewer groups than shards.
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    groups: dict[int, list[int]] = {}
+    for row, g in enumerate(group_index.tolist()):
+        groups.setdefault(int(g), []).append(row)
+    tokens = row_tokens.tolist()
+    order = sorted(groups.values(), key=lambda rows: (-sum(tokens[r] for r in rows), rows[0]))
+    load = [0] * num_shards
+    assigned: list[list[int]] = [[] for _ in range(num_shards)]
+    for rows in order:
+        target = min(range(num_shards), key=lambda s: (load[s], s))
+        assigned[target].extend(rows)
+        load[target] += sum(tokens[r] for r in rows)
+    return [torch.tensor(sorted(rows), dtype=torch.long) for rows in assigned]
+
+
+def split_by_groups(batch: TrainBatch, num_shards: int) -> list[TrainBatch]:
+    """One (trimmed) batch per data-parallel rank; see :func:`shard_indices`."""
+    return [batch.select(idx).trim() for idx in shard_indices(batch.group_index, batch.lengths(), num_shards)]
+
+
+def micro_batch_indices(lengths: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
+    """Row indices of each micro-batch so that rows * longest row <= ``max_tokens``.
+
+    Rows are packed longest first (less padding per micro-batch); a row longer than the
+    budget goes alone, because a rollout is never split. An empty batch gives [].
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    order = sorted(range(len(lengths)), key=lambda r: (-int(lengths[r]), r))
+    out: list[list[int]] = []
+    current: list[int] = []
+    widest = 0
+    for r in order:
+        length = int(lengths[r])
+        if current and (len(current) + 1) * max(widest, length) > max_tokens:
+            out.append(current)
+            current, widest = [], 0
+        current.append(r)
+        widest = max(widest, length)
+    if current:
+        out.append(current)
+    return [torch.tensor(rows, dtype=torch.long) for rows in out]
+
+
+def micro_batches(batch: TrainBatch, max_tokens: int) -> list[TrainBatch]:
+    """Trimmed micro-batches under a padded-token budget; see :func:`micro_batch_indices`."""
+    return [batch.select(idx).trim() for idx in micro_batch_indices(batch.lengths(), max_tokens)]
+
+
+def loss_denominator(batch: TrainBatch, aggregation: str) -> float:
+    """The global count a loss divides by: prompts ("sum") or response tokens ("token-mean")."""
+    if aggregation == "sum":
+        return float(batch.num_prompts)
+    if aggregation == "token-mean":
+        return float(batch.num_response_tokens)
+    raise ValueError(f"aggregation must be 'sum' or 'token-mean', got {aggregation!r}")
