@@ -1,0 +1,156 @@
+"""LearnerWorker: a Ray actor owning one DeepSpeed engine; LearnerGroup: N of them as one
+ZeRO data-parallel group.
+
+The actor only owns the process: the step logic is :class:`scope_ray.learner.LearnerCore`.
+Calls that involve collectives (``train_step``, ``compute_logprobs``, ``export_weights``
+and ``save_hf`` under ZeRO-3, checkpoints) must reach every rank; :class:`LearnerGroup`
+makes those calls, so the controller never talks to a single rank.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from scope_ray.batching import TrainBatch, shard_indices
+from scope_ray.engines.weight_buckets import pack_state_dict
+from scope_ray.learner import LearnerCore, LearnerOptions, merge_step_metrics
+from scope_ray.learner.core import free_port
+
+logger = logging.getLogger(__name__)
+
+
+@ray.remote
+class LearnerWorker:
+    def __init__(self, rank: int, world_size: int, model_dir: str, options: LearnerOptions) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        self.core = LearnerCore(rank, world_size, model_dir, options)
+
+    def master_address(self) -> tuple[str, int]:
+        """Rank 0's node address and a free port for the process group's rendezvous."""
+        return ray.util.get_node_ip_address(), free_port()
+
+    def init_process_group(self, master_addr: str, master_port: int) -> None:
+        self.core.init_engine(master_addr, master_port)
+
+    def train_step(self, shard: TrainBatch, num_prompts_global: int, num_tokens_global: int,
+                   micro_batch_tokens: int | None = None) -> dict[str, Any]:
+        return self.core.train_step(shard, num_prompts_global, num_tokens_global, micro_batch_tokens)
+
+    def compute_logprobs(self, shard: TrainBatch, micro_batch_tokens: int | None = None) -> torch.Tensor:
+        return self.core.compute_logprobs(shard, micro_batch_tokens)
+
+    def export_weights(self, bucket_mb: float | None = None) -> dict[str, torch.Tensor] | list[bytes] | None:
+        """Rank 0: a dict of full weights, or safetensors buckets if ``bucket_mb``
+        (packed here so only bytes cross the object store). Other ranks: None."""
+        state = self.core.export_weights()
+        if state is None or bucket_mb is None:
+            return state
+        return pack_state_dict(state, bucket_mb)
+
+    def save_hf(self, out_dir: str) -> str | None:
+        return self.core.save_hf(out_dir)
+
+    def save_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> None:
+        self.core.save_checkpoint(ckpt_dir, tag)
+
+    def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> None:
+        self.core.load_checkpoint(ckpt_dir, tag)
+
+
+class LearnerGroup:
+    """N learner actors forming one ZeRO data-parallel group.
+
+    Placement: one bundle per worker ({"CPU": num_cpus} plus {"GPU": num_gpus} on GPU) in
+    a placement group; PACK keeps the ranks on as few nodes as possible (STRICT_PACK
+    insists on one node, fastest for NCCL when it fits).
+    """
+
+    def __init__(self, model_dir: str, options: LearnerOptions, num_workers: int = 1, *,
+                 placement_strategy: str = "PACK", timeout_s: float | None = None) -> None:
+        options.validate()
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.options = options
+        self.timeout_s = timeout_s
+        bundle = {"CPU": options.num_cpus}
+        if options.use_gpu:
+            bundle["GPU"] = options.num_gpus
+        self._pg = placement_group([dict(bundle) for _ in range(num_workers)], strategy=placement_strategy)
+        ray.get(self._pg.ready(), timeout=timeout_s)
+        self.workers = [
+            LearnerWorker.options(
+                num_cpus=options.num_cpus,
+                num_gpus=options.num_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self._pg, placement_group_bundle_index=rank),
+            ).remote(rank, num_workers, str(model_dir), options)
+            for rank in range(num_workers)
+        ]
+        addr, port = self._get(self.workers[0].master_address.remote())
+        self._get_all([w.init_process_group.remote(addr, port) for w in self.workers])
+        logger.info("learner group ready: %d worker(s), ZeRO-%d, rendezvous %s:%d",
+                    num_workers, options.zero_stage, addr, port)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.workers)
+
+    def _get(self, ref: ray.ObjectRef) -> Any:
+        return ray.get(ref, timeout=self.timeout_s)
+
+    def _get_all(self, refs: list[ray.ObjectRef]) -> list[Any]:
+        return ray.get(refs, timeout=self.timeout_s)
+
+    def _shards(self, batch: TrainBatch) -> list[torch.Tensor]:
+        batch.validate()  # here, not on a rank: one failing rank would hang the others
+        if batch.num_rows == 0:
+            raise ValueError("empty batch")
+        return shard_indices(batch.group_index, batch.lengths(), self.world_size)
+
+    def train_step(self, batch: TrainBatch, micro_batch_tokens: int | None = None) -> dict[str, Any]:
+        """One optimizer step on the whole batch; whole prompt groups per rank."""
+        shards = self._shards(batch)
+        prompts, tokens = batch.num_prompts, batch.num_response_tokens
+        refs = [
+            w.train_step.remote(batch.select(rows).trim(), prompts, tokens, micro_batch_tokens)
+            for w, rows in zip(self.workers, shards)
+        ]
+        return merge_step_metrics(self._get_all(refs))
+
+    def compute_logprobs(self, batch: TrainBatch, micro_batch_tokens: int | None = None) -> torch.Tensor:
+        """[N, L] log-probs of the response tokens under the current weights (0 elsewhere)."""
+        shards = self._shards(batch)
+        refs = [w.compute_logprobs.remote(batch.select(rows).trim(), micro_batch_tokens)
+                for w, rows in zip(self.workers, shards)]
+        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        for rows, part in zip(shards, self._get_all(refs)):
+            out[rows, : part.shape[1]] = part
+        return out
+
+    def export_weights(self, bucket_mb: float | None = None) -> dict[str, torch.Tensor] | list[bytes]:
+        """Full weights, HF names: a dict, or safetensors buckets when ``bucket_mb``."""
+        return self._get_all([w.export_weights.remote(bucket_mb) for w in self.workers])[0]
+
+    def save_hf(self, out_dir: str) -> str:
+        return self._get_all([w.save_hf.remote(str(out_dir)) for w in self.workers])[0]
+
+    def save_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> None:
+        self._get_all([w.save_checkpoint.remote(str(ckpt_dir), tag) for w in self.workers])
+
+    def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> None:
+        self._get_all([w.load_checkpoint.remote(str(ckpt_dir), tag) for w in self.workers])
+
+    save = save_checkpoint
+    load = load_checkpoint
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+        remove_placement_group(self._pg)

@@ -1,0 +1,221 @@
+"""One learner rank: a DeepSpeed engine and the SCOPE train step (no Ray).
+
+Gradient equivalence (the update does not depend on the number of ranks or micro-batches):
+
+* Every micro-batch loss divides by the GLOBAL denominator of the step (prompts for
+  aggregation "sum", response tokens for "token-mean"), so the micro-batch losses of all
+  ranks add up to the full-batch loss, and so do their gradients.
+* DeepSpeed's GAS is 1 and ``backward(..., scale_wrt_gas=False)``: no 1/GAS factor.
+  Accumulation over a variable number of micro-batches is driven with
+  ``set_gradient_accumulation_boundary`` (True only on the last), then one ``step()``.
+* DeepSpeed averages gradients over the data-parallel ranks; each rank's loss is
+  multiplied by the world size so the average becomes the sum.
+* ZeRO-2/3 communicate inside every backward (and ZeRO-3 inside every forward), so
+  all ranks must run the same number of passes: the count is agreed with an all-reduce
+  (max) and ranks with fewer micro-batches run zero-loss "idle" passes.
+* Clipping uses the global norm of that summed gradient, the same for any layout.
+
+A non-finite loss (or model log-prob) makes that rank back-propagate NaN on purpose:
+the global gradient norm becomes NaN on every rank and DeepSpeed's ZeRO optimizers
+then skip the update and clear the gradients consistently, without an extra collective.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+
+import torch
+
+from scope_ray.algo import LossInputs, compute_loss, get_algorithm, grpo_advantages
+from scope_ray.batching import TrainBatch, micro_batch_indices
+from scope_ray.learner import engine as eng
+from scope_ray.learner.metrics import RankStepStats
+from scope_ray.learner.options import LearnerOptions
+from scope_ray.learner.weights import export_state, save_hf_dir
+from scope_ray.modeling import token_logprobs
+
+logger = logging.getLogger(__name__)
+
+
+def global_denominator(aggregation: str, num_prompts: int, num_tokens: int) -> float:
+    value = num_prompts if aggregation == "sum" else num_tokens
+    if value <= 0:
+        raise ValueError(f"global {aggregation!r} denominator must be > 0, got {value}")
+    return float(value)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+class LearnerCore:
+    def __init__(self, rank: int, world_size: int, model_dir: str, options: LearnerOptions) -> None:
+        options.validate()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        eng.configure_process_env()
+        self.rank, self.world_size = rank, world_size
+        self.model_dir = str(model_dir)
+        self.options = options
+        self.spec = get_algorithm(options.algorithm)
+        self.engine = None
+
+    # ------------------------------------------------------------------ set-up
+    def init_engine(self, master_addr: str, master_port: int) -> None:
+        t0 = time.perf_counter()
+        eng.init_distributed(self.rank, self.world_size, master_addr, master_port, eng.dist_backend(self.options))
+        eng.quiet_deepspeed()
+        ds_config = eng.deepspeed_config(self.options)
+        model = eng.load_model(self.model_dir, self.options)
+        self.engine = eng.build_engine(model, self.options, ds_config)
+        logger.info("rank %d: DeepSpeed ZeRO-%d engine ready in %.1f s", self.rank, self.options.zero_stage,
+                    time.perf_counter() - t0)
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    def _require_engine(self) -> None:
+        if self.engine is None:
+            raise RuntimeError("learner engine not initialised: call init_engine() first")
+
+    def _agree_max(self, value: int) -> int:
+        """The max of ``value`` over ranks (every rank must call it)."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.long, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+
+    # ------------------------------------------------------------------ passes
+    def _logprobs(self, mb: TrainBatch) -> torch.Tensor:
+        return token_logprobs(self.engine, mb.input_ids.to(self.device), mb.attention_mask.to(self.device))
+
+    def _idle_logprobs(self) -> torch.Tensor:
+        """A 1 x 2-token pass: touches every parameter (ZeRO-3 gathers) at minimal cost."""
+        ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
+        return token_logprobs(self.engine, ids, torch.ones_like(ids))
+
+    def _loss_inputs(self, mb: TrainBatch, advantages: torch.Tensor | None) -> LossInputs:
+        d = self.device
+        return LossInputs(
+            old_logp=mb.old_logp.to(d), mask=mb.response_mask.to(d), correct=mb.correct.to(d),
+            group_index=mb.group_index.to(d), weights=mb.weights.to(d), rewards=mb.rewards.to(d),
+            teacher_logp=mb.teacher_logp.to(d),
+            ref_logp=mb.ref_logp.to(d) if mb.ref_logp is not None else None,
+            advantages=advantages.to(d) if advantages is not None else None,
+        )
+
+    def _micro_loss(self, mb: TrainBatch, advantages: torch.Tensor | None, denominator: float,
+                    stats: RankStepStats) -> torch.Tensor:
+        logp = self._logprobs(mb)
+        inputs = self._loss_inputs(mb, advantages)
+        used = inputs.mask.bool()
+        if not bool(torch.isfinite(logp.detach()[used]).all()):
+            stats.nonfinite = True
+            return (logp * float("nan")).sum()
+        o = self.options
+        loss = compute_loss(self.spec, logp, inputs, aggregation=o.aggregation, denominator=denominator,
+                            clip_eps=o.clip_eps, kl_beta=o.kl_beta)
+        if not bool(torch.isfinite(loss.detach())):
+            stats.nonfinite = True
+            return loss * float("nan")
+        stats.add_micro_batch(loss, logp, inputs.old_logp, used)
+        return loss
+
+    # ------------------------------------------------------------------ train
+    def train_step(self, shard: TrainBatch, num_prompts_global: int, num_tokens_global: int,
+                   micro_batch_tokens: int | None = None) -> dict:
+        """One optimizer step on this rank's shard (whole prompt groups) of a global
+        batch with ``num_prompts_global`` prompts and ``num_tokens_global`` response
+        tokens. Returns this rank's stats; merge ranks with ``merge_step_metrics``."""
+        self._require_engine()
+        t0 = time.perf_counter()
+        denominator = global_denominator(self.options.aggregation, num_prompts_global, num_tokens_global)
+        # Group statistics need whole groups: computed on the shard, sliced per micro-batch.
+        advantages = grpo_advantages(shard.rewards, shard.group_index) if self.spec.loss == "grpo" else None
+        parts = micro_batch_indices(shard.lengths(), micro_batch_tokens or self.options.micro_batch_tokens)
+        passes = self._agree_max(len(parts))
+        if passes == 0:
+            raise ValueError("train_step on an empty global batch")
+
+        stats = RankStepStats(micro_batches=len(parts), idle_micro_batches=passes - len(parts))
+        self.engine.train()
+        for k in range(passes):
+            self.engine.set_gradient_accumulation_boundary(k == passes - 1)
+            if k < len(parts):
+                rows = parts[k]
+                adv = advantages[rows] if advantages is not None else None
+                loss = self._micro_loss(shard.select(rows).trim(), adv, denominator, stats)
+            else:
+                loss = self._idle_logprobs().sum() * 0.0
+            # x world size: DeepSpeed averages over ranks, we need the sum (see module doc).
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+        self.engine.step()
+        applied = bool(self.engine.was_step_applied())
+
+        stats.applied = applied
+        stats.grad_norm = _as_float(self.engine.get_global_grad_norm())
+        stats.lr = float(self.engine.get_lr()[0])
+        stats.time_s = time.perf_counter() - t0
+        if not applied:
+            logger.warning("rank %d: step skipped (non-finite loss or grad norm %s)", self.rank, stats.grad_norm)
+        return stats.as_dict()
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def compute_logprobs(self, shard: TrainBatch, micro_batch_tokens: int | None = None) -> torch.Tensor:
+        """log pi_theta of each response token, [N, L] float32 on CPU, 0 elsewhere."""
+        self._require_engine()
+        parts = micro_batch_indices(shard.lengths(), micro_batch_tokens or self.options.micro_batch_tokens)
+        passes = self._agree_max(len(parts))
+        out = torch.zeros(shard.input_ids.shape, dtype=torch.float32)
+        self.engine.eval()
+        for k in range(passes):
+            if k >= len(parts):
+                self._idle_logprobs()
+                continue
+            mb = shard.select(parts[k]).trim()
+            logp = self._logprobs(mb).float().cpu()
+            out[parts[k], : mb.seq_len] = torch.where(mb.response_mask.bool(), logp, torch.zeros(()))
+        return out
+
+    # ------------------------------------------------------------------ weights
+    def export_weights(self) -> dict[str, torch.Tensor] | None:
+        """Full weights with HF names on rank 0, None elsewhere (collective under ZeRO-3)."""
+        self._require_engine()
+        return export_state(self.engine.module, self.options.zero_stage == 3, keep=self.rank == 0)
+
+    def save_hf(self, out_dir: str) -> str | None:
+        state = self.export_weights()
+        if state is None:
+            return None
+        path = save_hf_dir(self.engine.module, state, out_dir, self.model_dir)
+        logger.info("saved HF model to %s", path)
+        return str(path)
+
+    def save_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> None:
+        """Model + optimizer state, every rank writes its partition (shared filesystem)."""
+        self._require_engine()
+        Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
+        self.engine.save_checkpoint(ckpt_dir, tag=tag)
+
+    def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> None:
+        self._require_engine()
+        path, _ = self.engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {ckpt_dir} (tag {tag!r})")
+
+
+def _as_float(value: object) -> float:
+    if value is None:
+        return float("nan")
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().cpu())
+    return float(value)

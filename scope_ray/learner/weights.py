@@ -1,0 +1,79 @@
+"""Full weights out of a (possibly ZeRO-3 partitioned) model: export and HF save.
+
+Names are the HF model's parameter names as ``save_pretrained`` writes them, which is
+what vLLM's ``load_weights`` reads. ``named_parameters()`` lists a shared tensor once, so
+with tied embeddings only ``model.embed_tokens.weight`` is exported (no ``lm_head.weight``),
+exactly like the checkpoint vLLM loaded at start-up; vLLM skips ``lm_head`` for tied
+models anyway.
+
+Under ZeRO-3 every rank must call these functions (the gathers are collectives); only
+rank 0 keeps the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+# Files of an HF model dir that are weights or written by save_pretrained itself; all
+# other files (tokenizer, chat template, ...) are copied from the source model dir.
+_WRITTEN_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
+_WRITTEN_NAMES = frozenset({"config.json", "generation_config.json"})
+
+
+def persistent_buffers(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Buffers that ``state_dict`` would save (rotary caches are non-persistent)."""
+    for prefix, sub in module.named_modules():
+        for name, buf in sub._buffers.items():
+            if buf is not None and name not in sub._non_persistent_buffers_set:
+                yield (f"{prefix}.{name}" if prefix else name), buf
+
+
+def _gathered(param: torch.nn.Parameter, zero3: bool):
+    if not zero3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([param], modifier_rank=None)
+
+
+def export_state(module: torch.nn.Module, zero3: bool, keep: bool) -> dict[str, torch.Tensor] | None:
+    """Full CPU copies of every parameter and persistent buffer; None where not ``keep``.
+
+    One parameter gathered at a time: peak extra memory is the largest tensor, not the
+    model.
+    """
+    out: dict[str, torch.Tensor] | None = {} if keep else None
+    for name, param in module.named_parameters():
+        with _gathered(param, zero3):
+            if out is not None:
+                out[name] = param.detach().to("cpu", copy=True)
+    if out is not None:
+        for name, buf in persistent_buffers(module):
+            out[name] = buf.detach().to("cpu", copy=True)
+    return out
+
+
+def copy_tokenizer_files(source_dir: str | Path, out_dir: str | Path) -> list[str]:
+    """Everything in the source model dir but weights and configs (tokenizer files,
+    chat template, ...). Returns the copied names."""
+    copied = []
+    for path in sorted(Path(source_dir).iterdir()):
+        if not path.is_file() or path.name in _WRITTEN_NAMES or path.name.endswith(_WRITTEN_SUFFIXES):
+            continue
+        shutil.copy2(path, Path(out_dir) / path.name)
+        copied.append(path.name)
+    return copied
+
+
+def save_hf_dir(module: torch.nn.Module, state: dict[str, torch.Tensor], out_dir: str | Path, source_dir: str | Path) -> Path:
+    """An HF dir (safetensors + config + tokenizer) that transformers and vLLM load."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    module.save_pretrained(out, state_dict=state, safe_serialization=True)
+    copy_tokenizer_files(source_dir, out)
+    return out

@@ -1,0 +1,249 @@
+"""LearnerGroup on real Ray + real DeepSpeed (CPU, gloo).
+
+Groups are module-scoped and reset between tests by loading an "init" DeepSpeed
+checkpoint (weights AND optimizer state), which is far cheaper than new actors.
+The reference is ONE worker under ZeRO-1; the data-parallel groups are TWO workers
+under ZeRO-2 and ZeRO-3, with a micro-batch budget that gives the ranks different
+numbers of micro-batches (so the lockstep idle passes are exercised too).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from actors.learner import LearnerGroup
+from scope_ray.algo import get_algorithm, rollout_weights
+from scope_ray.algo.weights import sequence_mean_logprob
+from scope_ray.batching import TrainBatch, collate
+from scope_ray.learner import LearnerOptions, merge_step_metrics
+from scope_ray.modeling import token_logprobs
+
+OPTIONS = LearnerOptions(zero_stage=1, lr=1e-3, grad_clip=1.0, micro_batch_tokens=40, num_cpus=0.5)
+BUDGET = 40  # padded tokens per micro-batch: several micro-batches per rank
+ATOL = 1e-5
+
+Weights = dict[str, torch.Tensor]
+
+
+def _synthetic_batch() -> TrainBatch:
+    """4 prompts x 2 rollouts of different lengths; even rows correct. old_logp and the
+    weights are filled in by the ``batch`` fixture from the initial policy."""
+    g = torch.Generator().manual_seed(0)
+    resp_lens = [10, 4, 12, 7, 3, 9, 15, 6]
+    prompts = [torch.randint(5, 200, (6,), generator=g).tolist() for _ in resp_lens]
+    responses = [torch.randint(5, 200, (n,), generator=g).tolist() for n in resp_lens]
+    correct = [i % 2 == 0 for i in range(len(resp_lens))]
+    teacher = [None if c else (-0.5 - 4 * torch.rand(n, generator=g)).numpy() for c, n in zip(correct, resp_lens)]
+    return collate(
+        prompt_ids=prompts, response_ids=responses, old_logp=[[0.0] * n for n in resp_lens],
+        teacher_logp=teacher, correct=correct, rewards=[float(c) for c in correct],
+        weights=[1.0] * len(resp_lens), group_index=[0, 0, 1, 1, 2, 2, 3, 3], pad_id=0,
+    )
+
+
+def _make_group(model_dir: Path, zero_stage: int, num_workers: int, ckpt_dir: Path) -> LearnerGroup:
+    group = LearnerGroup(str(model_dir), _opts(zero_stage), num_workers, timeout_s=300)
+    group.save_checkpoint(str(ckpt_dir), tag="init")
+    return group
+
+
+def _opts(zero_stage: int) -> LearnerOptions:
+    return LearnerOptions(**{**OPTIONS.__dict__, "zero_stage": zero_stage})
+
+
+def _reset(group: LearnerGroup, ckpt_dir: Path) -> None:
+    group.load_checkpoint(str(ckpt_dir), tag="init")
+
+
+def _max_diff(a: Weights, b: Weights) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def single(ray_session, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    ckpt = tmp_path_factory.mktemp("single_ckpt")
+    group = _make_group(tiny_model_dir, 1, 1, ckpt)
+    yield group, ckpt
+    group.shutdown()
+
+
+@pytest.fixture(scope="module")
+def batch(single) -> TrainBatch:
+    """On-policy at the initial weights (rho = 1 on the first step), SCOPE weights."""
+    group, ckpt = single
+    b = _synthetic_batch()
+    b.old_logp = group.compute_logprobs(b)
+    mask = b.response_mask
+    teacher_mean = torch.where(b.correct, torch.nan, sequence_mean_logprob(b.teacher_logp.nan_to_num(0.0), mask))
+    b.weights = rollout_weights(
+        get_algorithm("scope"), b.correct, sequence_mean_logprob(b.old_logp, mask), teacher_mean, b.group_index,
+    ).float()
+    b.validate()
+    return b
+
+
+@pytest.fixture(scope="module")
+def initial_weights(single) -> Weights:
+    group, ckpt = single
+    _reset(group, ckpt)
+    return group.export_weights()
+
+
+@pytest.fixture(scope="module")
+def reference_update(single, batch, initial_weights) -> tuple[Weights, dict]:
+    """One step of the single ZeRO-1 worker at BUDGET: the weights every layout must match."""
+    group, ckpt = single
+    _reset(group, ckpt)
+    metrics = group.train_step(batch, micro_batch_tokens=BUDGET)
+    return group.export_weights(), metrics
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
+def dp_group(request, ray_session, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    ckpt = tmp_path_factory.mktemp(f"dp_zero{request.param}_ckpt")
+    group = _make_group(tiny_model_dir, request.param, 2, ckpt)
+    yield group, ckpt
+    group.shutdown()
+
+
+def test_scope_steps_change_weights_and_lower_the_loss(single, batch, initial_weights) -> None:
+    group, ckpt = single
+    _reset(group, ckpt)
+    losses = []
+    for _ in range(4):
+        m = group.train_step(batch, micro_batch_tokens=BUDGET)
+        assert not m["skipped"] and m["tokens"] == batch.num_response_tokens
+        losses.append(m["loss"])
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert _max_diff(group.export_weights(), initial_weights) > 1e-3
+    # the log-prob gap is 0 on the first step (on-policy) and grows as the policy moves
+    assert m["logp_gap"] > 0.1 and m["rho_mean"] > 1.0
+
+
+def test_first_step_is_on_policy(reference_update) -> None:
+    _, m = reference_update
+    assert m["logp_gap"] < 1e-5 and m["rho_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert m["grad_norm"] > OPTIONS.grad_clip  # clipping is active, and must match too
+    assert m["micro_batches"] > 1
+
+
+def test_two_workers_match_one_worker(dp_group, batch, reference_update, initial_weights) -> None:
+    group, ckpt = dp_group
+    _reset(group, ckpt)
+    assert _max_diff(group.export_weights(), initial_weights) == 0.0
+    metrics = group.train_step(batch, micro_batch_tokens=BUDGET)
+    ref_weights, ref_metrics = reference_update
+    assert metrics["idle_micro_batches"] > 0  # the ranks really had different counts
+    assert metrics["loss"] == pytest.approx(ref_metrics["loss"], rel=1e-5)
+    assert metrics["grad_norm"] == pytest.approx(ref_metrics["grad_norm"], rel=1e-5)
+    assert _max_diff(group.export_weights(), ref_weights) < ATOL
+    assert _max_diff(ref_weights, initial_weights) > 1e-4  # the step did move the weights
+
+
+def test_micro_batch_budget_does_not_change_the_update(single, batch, reference_update) -> None:
+    group, ckpt = single
+    ref_weights, ref_metrics = reference_update
+    for budget in (10_000, 1):  # one micro-batch; one rollout per micro-batch
+        _reset(group, ckpt)
+        m = group.train_step(batch, micro_batch_tokens=budget)
+        assert m["micro_batches"] == (1 if budget > 1 else batch.num_rows) != ref_metrics["micro_batches"]
+        assert m["loss"] == pytest.approx(ref_metrics["loss"], rel=1e-5)
+        assert m["grad_norm"] == pytest.approx(ref_metrics["grad_norm"], rel=1e-5)
+        assert _max_diff(group.export_weights(), ref_weights) < ATOL
+
+
+def test_export_and_save_hf_give_the_trained_model(single, batch, reference_update, tiny_model_dir, tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    group, ckpt = single
+    _reset(group, ckpt)
+    group.train_step(batch, micro_batch_tokens=BUDGET)
+    exported = group.export_weights()
+    with safe_open(str(Path(tiny_model_dir) / "model.safetensors"), "pt") as f:
+        hf_names = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    assert {k: list(v.shape) for k, v in exported.items()} == hf_names  # every parameter, HF names
+    assert "lm_head.weight" not in exported  # tied to model.embed_tokens.weight
+
+    # Values: an HF model carrying the exported weights scores exactly like the learner.
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    missing, unexpected = model.load_state_dict(exported, strict=False)
+    assert set(missing) <= {"lm_head.weight"} and not unexpected
+    with torch.no_grad():
+        hf_logp = token_logprobs(model, batch.input_ids, batch.attention_mask) * batch.response_mask
+    assert torch.allclose(group.compute_logprobs(batch), hf_logp, atol=1e-5)
+    assert _max_diff(exported, reference_update[0]) < ATOL
+
+    out = Path(group.save_hf(str(tmp_path / "hf")))
+    assert (out / "tokenizer.json").exists() and (out / "chat_template.jinja").exists()
+    saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert _max_diff({k: v.detach() for k, v in saved.named_parameters()}, exported) == 0.0
+
+
+def test_checkpoint_round_trip_restores_weights_and_optimizer(dp_group, batch, tmp_path) -> None:
+    group, ckpt = dp_group
+    _reset(group, ckpt)
+    group.train_step(batch, micro_batch_tokens=BUDGET)
+    group.save_checkpoint(str(tmp_path), tag="mid")
+    mid = group.export_weights()
+    group.train_step(batch, micro_batch_tokens=BUDGET)
+    straight = group.export_weights()
+    group.train_step(batch, micro_batch_tokens=BUDGET)  # move away, then come back
+    group.load_checkpoint(str(tmp_path), tag="mid")
+    assert _max_diff(group.export_weights(), mid) == 0.0
+    group.train_step(batch, micro_batch_tokens=BUDGET)
+    # Adam's second step depends on its moments: equal only if they were restored too.
+    assert _max_diff(group.export_weights(), straight) < 1e-7
+    assert _max_diff(straight, mid) > 1e-4
+
+
+def test_non_finite_loss_skips_the_step(single, batch, initial_weights) -> None:
+    group, ckpt = single
+    _reset(group, ckpt)
+    bad = batch.select(torch.arange(batch.num_rows))
+    bad.old_logp = torch.where(bad.response_mask.bool(), torch.full_like(bad.old_logp, -1e30), bad.old_logp)
+    m = group.train_step(bad, micro_batch_tokens=BUDGET)  # rho = exp(1e30) = inf
+    assert m["skipped"]
+    assert _max_diff(group.export_weights(), initial_weights) == 0.0
+    m = group.train_step(batch, micro_batch_tokens=BUDGET)  # the learner still trains
+    assert not m["skipped"] and _max_diff(group.export_weights(), initial_weights) > 1e-4
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gradient_checkpointing_and_bf16(dtype, ray_session, tiny_model_dir, batch, reference_update) -> None:
+    """ZeRO-2 + gradient checkpointing: the same update in fp32; bf16 trains close to it."""
+    opts = LearnerOptions(**{**_opts(2).__dict__, "gradient_checkpointing": True, "dtype": dtype})
+    group = LearnerGroup(str(tiny_model_dir), opts, 1, timeout_s=300)
+    try:
+        m = group.train_step(batch, micro_batch_tokens=BUDGET)
+        weights = group.export_weights()
+    finally:
+        group.shutdown()
+    ref_weights, ref_metrics = reference_update
+    assert not m["skipped"]
+    if dtype == "float32":
+        assert m["grad_norm"] == pytest.approx(ref_metrics["grad_norm"], rel=1e-5)
+        assert _max_diff(weights, ref_weights) < ATOL
+    else:
+        assert all(t.dtype == torch.bfloat16 for t in weights.values())
+        assert m["loss"] == pytest.approx(ref_metrics["loss"], rel=2e-2)
+        assert m["grad_norm"] == pytest.approx(ref_metrics["grad_norm"], rel=5e-2)
+        assert _max_diff(weights, ref_weights) < 2e-2  # bf16 rounding of ~0.02-scale weights
+
+
+def test_options_and_metric_merge_without_ray() -> None:
+    with pytest.raises(ValueError, match="zero_stage"):
+        LearnerOptions(zero_stage=0).validate()
+    with pytest.raises(ValueError, match="did you mean"):
+        LearnerOptions(algorithm="scop").validate()
+    rank = dict(loss=1.0, tokens=2, logp_gap_sum=0.2, rho_sum=2.0, rho_max=1.5, micro_batches=1,
+                idle_micro_batches=0, nonfinite=False, grad_norm=3.0, lr=1e-3, applied=True, time_s=0.1)
+    merged = merge_step_metrics([rank, {**rank, "tokens": 6, "logp_gap_sum": 0.6, "rho_sum": 6.0, "rho_max": 2.0,
+                                        "nonfinite": True}])
+    assert merged["loss"] == 2.0 and merged["tokens"] == 8
+    assert merged["logp_gap"] == pytest.approx(0.1) and merged["rho_mean"] == 1.0 and merged["rho_max"] == 2.0
+    assert merged["skipped"] is True
