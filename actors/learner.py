@@ -17,10 +17,11 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from scope_ray.algo import get_algorithm
 from scope_ray.batching import TrainBatch, shard_indices
 from scope_ray.engines.weight_buckets import pack_state_dict
 from scope_ray.learner import LearnerCore, LearnerOptions, merge_step_metrics
-from scope_ray.learner.core import free_port
+from scope_ray.learner.core import check_batch, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class LearnerGroup:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.options = options
+        self.spec = get_algorithm(options.algorithm)
         self.timeout_s = timeout_s
         bundle = {"CPU": options.num_cpus}
         if options.use_gpu:
@@ -108,7 +110,8 @@ class LearnerGroup:
         return ray.get(refs, timeout=self.timeout_s)
 
     def _shards(self, batch: TrainBatch) -> list[torch.Tensor]:
-        batch.validate()  # here, not on a rank: one failing rank would hang the others
+        # Checked here, not only on the ranks: one failing rank would hang the others.
+        check_batch(batch, self.spec, self.options.kl_beta)
         if batch.num_rows == 0:
             raise ValueError("empty batch")
         return shard_indices(batch.group_index, batch.lengths(), self.world_size)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from actors.learner import LearnerGroup
 from scope_ray.algo import get_algorithm, rollout_weights
@@ -145,6 +146,31 @@ def test_two_workers_match_one_worker(dp_group, batch, reference_update, initial
     assert _max_diff(ref_weights, initial_weights) > 1e-4  # the step did move the weights
 
 
+def test_more_ranks_than_groups(dp_group, single, batch) -> None:
+    """One prompt group for two ranks: rank 1 only runs idle passes, same update."""
+    one_group = batch.select(torch.tensor([0, 1])).trim()
+    updates = []
+    for group, ckpt in (single, dp_group):
+        _reset(group, ckpt)
+        m = group.train_step(one_group, micro_batch_tokens=BUDGET)
+        assert not m["skipped"]
+        updates.append((group.export_weights(), m))
+    (ref_w, ref_m), (dp_w, dp_m) = updates
+    assert dp_m["idle_micro_batches"] == dp_m["micro_batches"] > 0
+    assert dp_m["grad_norm"] == pytest.approx(ref_m["grad_norm"], rel=1e-5)
+    assert _max_diff(dp_w, ref_w) < ATOL
+
+
+def test_bad_batches_are_refused_before_any_rank_runs(single, batch) -> None:
+    group, _ = single
+    no_teacher = batch.select(torch.arange(batch.num_rows))
+    no_teacher.teacher_logp = torch.full_like(batch.teacher_logp, float("nan"))
+    with pytest.raises(ValueError, match="teacher_logp is missing"):
+        group.train_step(no_teacher)
+    with pytest.raises(ValueError, match="empty batch"):
+        group.train_step(batch.select(torch.tensor([], dtype=torch.long)).trim())
+
+
 def test_micro_batch_budget_does_not_change_the_update(single, batch, reference_update) -> None:
     group, ckpt = single
     ref_weights, ref_metrics = reference_update
@@ -197,8 +223,12 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(dp_group, batch, t
     assert _max_diff(group.export_weights(), mid) == 0.0
     group.train_step(batch, micro_batch_tokens=BUDGET)
     # Adam's second step depends on its moments: equal only if they were restored too.
-    assert _max_diff(group.export_weights(), straight) < 1e-7
+    after = group.export_weights()
+    assert _max_diff(after, straight) < 1e-7
     assert _max_diff(straight, mid) > 1e-4
+    # save_hf gathers partitioned (ZeRO-3) weights too
+    saved = load_file(str(Path(group.save_hf(str(tmp_path / "hf"))) / "model.safetensors"))
+    assert _max_diff(saved, after) == 0.0
 
 
 def test_non_finite_loss_skips_the_step(single, batch, initial_weights) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from scope_ray.algo import LossInputs, compute_loss, get_algorithm, grpo_advantages
+from scope_ray.algo import AlgorithmSpec, LossInputs, compute_loss, distill_path, get_algorithm, grpo_advantages
 from scope_ray.batching import TrainBatch, micro_batch_indices
 from scope_ray.learner import engine as eng
 from scope_ray.learner.metrics import RankStepStats
@@ -45,6 +45,18 @@ def global_denominator(aggregation: str, num_prompts: int, num_tokens: int) -> f
     if value <= 0:
         raise ValueError(f"global {aggregation!r} denominator must be > 0, got {value}")
     return float(value)
+
+
+def check_batch(batch: TrainBatch, spec: AlgorithmSpec, kl_beta: float) -> None:
+    """Everything the loss would reject, checked before any collective starts (a rank
+    raising mid-step would leave the others waiting). Raises ValueError."""
+    batch.validate()
+    if spec.loss == "scope":
+        distilled = (~distill_path(spec, batch.correct))[:, None] & batch.response_mask.bool()
+        if not bool(torch.isfinite(batch.teacher_logp[distilled]).all()):
+            raise ValueError(f"{spec.name}: teacher_logp is missing (NaN) on a response token of a distilled rollout")
+    elif kl_beta > 0 and batch.ref_logp is None:
+        raise ValueError(f"{spec.name}: ref_logp is required when kl_beta > 0")
 
 
 def free_port() -> int:
@@ -136,6 +148,7 @@ class LearnerCore:
         tokens. Returns this rank's stats; merge ranks with ``merge_step_metrics``."""
         self._require_engine()
         t0 = time.perf_counter()
+        check_batch(shard, self.spec, self.options.kl_beta)
         denominator = global_denominator(self.options.aggregation, num_prompts_global, num_tokens_global)
         # Group statistics need whole groups: computed on the shard, sliced per micro-batch.
         advantages = grpo_advantages(shard.rewards, shard.group_index) if self.spec.loss == "grpo" else None

@@ -29,7 +29,9 @@ class RankStepStats:
     applied: bool = False
     time_s: float = 0.0
 
-    def add_micro_batch(self, loss: torch.Tensor, logp: torch.Tensor, old_logp: torch.Tensor, used: torch.Tensor) -> None:
+    def add_micro_batch(
+        self, loss: torch.Tensor, logp: torch.Tensor, old_logp: torch.Tensor, used: torch.Tensor
+    ) -> None:
         with torch.no_grad():
             diff = (logp.detach() - old_logp)[used].double()
             self.loss += float(loss.detach())

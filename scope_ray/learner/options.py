@@ -42,15 +42,19 @@ class LearnerOptions:
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
         checks: list[tuple[bool, str]] = [
-            (self.zero_stage in (1, 2, 3), f"zero_stage must be 1, 2 or 3 (1 for plain data parallel), got {self.zero_stage}"),
+            (self.zero_stage in (1, 2, 3),
+             f"zero_stage must be 1, 2 or 3 (1 for plain data parallel), got {self.zero_stage}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas}"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+             f"betas must be two numbers in [0, 1), got {self.betas}"),
             (self.eps > 0, f"eps must be > 0, got {self.eps}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}"),
             (self.micro_batch_tokens >= 1, f"micro_batch_tokens must be >= 1, got {self.micro_batch_tokens}"),
-            (self.dtype in ("float32", "bfloat16"), f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}"),
-            (self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"),
+            (self.dtype in ("float32", "bfloat16"),
+             f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}"),
+            (self.aggregation in AGGREGATIONS,
+             f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"),
             (self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}"),
             (self.kl_beta >= 0, f"kl_beta must be >= 0, got {self.kl_beta}"),
             (self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus and num_gpus must be >= 0"),

@@ -70,7 +70,9 @@ def copy_tokenizer_files(source_dir: str | Path, out_dir: str | Path) -> list[st
     return copied
 
 
-def save_hf_dir(module: torch.nn.Module, state: dict[str, torch.Tensor], out_dir: str | Path, source_dir: str | Path) -> Path:
+def save_hf_dir(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], out_dir: str | Path, source_dir: str | Path
+) -> Path:
     """An HF dir (safetensors + config + tokenizer) that transformers and vLLM load."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
