@@ -207,7 +207,9 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(t.max_batch_tokens >= 1, "teacher.max_batch_tokens", "must be >= 1")
     _require(t.max_wait_ms >= 0, "teacher.max_wait_ms", "must be >= 0")
     _require(lr.num_workers >= 1, "learner.num_workers", "must be >= 1")
-    _require(lr.zero_stage in (0, 1, 2, 3), "learner.zero_stage", f"must be 0, 1, 2 or 3, got {lr.zero_stage}")
+    # Stage 0 is refused: without ZeRO, DeepSpeed does not skip non-finite steps when
+    # given a torch optimizer.
+    _require(lr.zero_stage in (1, 2, 3), "learner.zero_stage", f"must be 1, 2 or 3, got {lr.zero_stage}")
     _require(lr.lr > 0, "learner.lr", "must be > 0")
     _require(lr.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
     _require(len(lr.betas) == 2 and all(0 <= b < 1 for b in lr.betas), "learner.betas", "must be two numbers in [0, 1)")

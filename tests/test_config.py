@@ -39,7 +39,7 @@ def test_round_trip_through_yaml(tmp_path):
         ("lerner.lr=1", "lerner: unknown key (did you mean 'learner'?)"),
         ("algorithm.name=scop", "algorithm.name: unknown algorithm 'scop' (did you mean 'scope'?)"),
         ("learner.zero_stage=x", "learner.zero_stage: expected an integer"),
-        ("learner.zero_stage=4", "learner.zero_stage: must be 0, 1, 2 or 3"),
+        ("learner.zero_stage=0", "learner.zero_stage: must be 1, 2 or 3"),
         ("rollout.temperature=0", "rollout.temperature: must be > 0"),
         ("algorithm.tau=-1", "algorithm.tau: must be > 0"),
         ("algorithm.normalize=softmax", "algorithm.normalize: must be one of ['sum', 'mean']"),

@@ -102,6 +102,19 @@ def test_update_weights_switches_policy(worker) -> None:
         np.testing.assert_allclose(g[0].response_logp, _hf_response_logp(new, p, g[0].response_ids), atol=1e-4)
 
 
+def test_update_without_tied_head_updates_the_head(worker) -> None:
+    """The learner exports tied models without ``lm_head.weight`` (as HF state dicts
+    do); vLLM's reload unties the head, so the extension must send it too."""
+    new = _sharp_model(seed=2)
+    assert new.config.tie_word_embeddings
+    sd = {k: v for k, v in new.state_dict().items() if k != "lm_head.weight"}
+    make_weight_sync("safetensors", [worker], bucket_mb=0.25, timeout_s=60).push(sd, version=4)
+    reqs = [GenerationRequest(uid=str(i), prompt_ids=p, n=2, seed=5) for i, p in enumerate(PROMPTS)]
+    for p, group in zip(PROMPTS, ray.get(worker.generate.remote(reqs))):
+        for r in group:
+            np.testing.assert_allclose(r.response_logp, _hf_response_logp(new, p, r.response_ids), atol=1e-4)
+
+
 def test_unknown_weight_sync_kind() -> None:
     with pytest.raises(ValueError):
         make_weight_sync("carrier-pigeon", [])

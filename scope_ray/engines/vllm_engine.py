@@ -30,6 +30,14 @@ class EngineOptions:
     max_num_seqs: int | None = None
 
 
+def cpu_memory_fraction(gib: float) -> float:
+    """vLLM-CPU reads ``gpu_memory_utilization`` as a fraction of *host* RAM (weights +
+    KV cache). The GPU default of 0.85 would claim most of a shared machine, so CPU
+    engines ask for a fixed size instead."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(0.5, gib * (1 << 30) / total)
+
+
 def cuda_available() -> bool:
     try:
         import torch

@@ -35,15 +35,41 @@ from scope_ray.engines.weight_buckets import iter_safetensors
 logger = logging.getLogger(__name__)
 
 
+TIED_EMBEDDING = "model.embed_tokens.weight"
+TIED_HEAD = "lm_head.weight"
+
+
+def with_tied_head(weights: Iterator[tuple[str, torch.Tensor]], tied: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """Also send the embedding as ``lm_head.weight`` when the model ties them.
+
+    HF state dicts (and the learner's export) leave the tied head out, but vLLM's
+    layerwise reload re-creates the embedding's storage, which unties its
+    ``ParallelLMHead``: without its own copy the head keeps the OLD weights and the
+    engine samples from a mixed policy (measured: 0.46 nats max log-prob gap).
+    """
+    seen_head = False
+    embedding = None
+    for name, tensor in weights:
+        seen_head |= name == TIED_HEAD
+        if name == TIED_EMBEDDING:
+            embedding = tensor
+        yield name, tensor
+    if tied and embedding is not None and not seen_head:
+        yield TIED_HEAD, embedding
+
+
 class WeightSyncExtension:
-    """Mixed into vLLM's worker; relies on its ``reload_weights`` and ``device``."""
+    """Mixed into vLLM's worker; relies on its ``reload_weights``, ``device`` and
+    ``model_config``."""
 
     def _reload(self, weights: Iterator[tuple[str, torch.Tensor]]) -> int:
         count = 0
+        hf_config = self.model_config.hf_config  # type: ignore[attr-defined]
+        tied = bool(getattr(hf_config, "tie_word_embeddings", False))
 
         def counted() -> Iterator[tuple[str, torch.Tensor]]:
             nonlocal count
-            for item in weights:
+            for item in with_tied_head(weights, tied):
                 count += 1
                 yield item
 

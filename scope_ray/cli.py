@@ -1,0 +1,61 @@
+"""``scope-ray`` command line: train, bootstrap, eval."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # vLLM and Ray are chatty at INFO; their warnings still show.
+    for noisy in ("vllm", "ray", "deepspeed", "urllib3", "matplotlib", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a student with SCOPE (or a baseline); no --config = embedded default")
+    p.add_argument("--config", help="recipe YAML (launch/configs/*.yaml)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last valid checkpoint")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-5 trainer.total_steps=50")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scope-ray", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    from scope_ray.evaluation import add_bootstrap_arguments, add_eval_arguments
+
+    add_bootstrap_arguments(sub.add_parser("bootstrap", help="build the embedded tiny task, teacher and student"))
+    add_eval_arguments(sub.add_parser("eval", help="avg@k / pass@k of a model on a dataset (vLLM)"))
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    from scope_ray.config import ConfigError
+
+    try:
+        if args.command == "train":
+            from scope_ray.controller.launch import train_command
+
+            return train_command(args.config, args.overrides, args.resume)
+        if args.command == "bootstrap":
+            from scope_ray.evaluation import run_bootstrap
+
+            return run_bootstrap(args)
+        from scope_ray.evaluation import run_eval
+
+        return run_eval(args)
+    except ConfigError as exc:
+        # Bad input: one line naming the key or file, no traceback.
+        print(f"scope-ray: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

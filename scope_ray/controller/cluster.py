@@ -1,0 +1,133 @@
+"""Ray connection and actor construction from the config (placement lives here).
+
+On one machine the actors' ``num_cpus`` are a scheduling budget, so a local Ray gets at
+least as many logical CPUs as the config asks for. On a GPU cluster each rollout
+worker, teacher replica and learner worker asks for its GPUs, and can be pinned to nodes
+with Ray custom resources (``resources`` in the config sections).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+from scope_ray.config import RayConfig, RunConfig
+from scope_ray.controller.trainer import Components
+from scope_ray.engines.vllm_engine import EngineOptions, cpu_memory_fraction, cuda_available
+
+logger = logging.getLogger(__name__)
+
+# vLLM-CPU engine budget (weights + KV cache) per engine, in GiB.
+CPU_ENGINE_GIB = 2.5
+
+
+def logical_cpus_needed(cfg: RunConfig) -> int:
+    r, t, lr = cfg.rollout, cfg.teacher, cfg.learner
+    need = r.num_workers * r.num_cpus + t.num_replicas * t.num_cpus + lr.num_workers * lr.num_cpus
+    return max(1, math.ceil(need))
+
+
+def connect(rc: RayConfig, cfg: RunConfig | None = None) -> None:
+    """Join ``ray.address`` / ``$RAY_ADDRESS`` (e.g. under ``ray job submit``), else start
+    a local Ray in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = rc.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        logger.info("joining Ray cluster at %s", address)
+        ray.init(address=address)
+        return
+    # Ray 2.60 turns token authentication on by default; an in-process, loopback-only
+    # Ray started for this run needs none (clusters keep theirs: see launch/README).
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    num_cpus = rc.num_cpus or max(os.cpu_count() or 1, logical_cpus_needed(cfg) if cfg else 1)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host=rc.dashboard_host)
+    logger.info("started local Ray with %d logical CPUs", num_cpus)
+
+
+def _engine_options(cfg: RunConfig, model_dir: str) -> EngineOptions:
+    r = cfg.rollout
+    on_gpu = r.num_gpus > 0 and cuda_available()
+    return EngineOptions(
+        model_dir=model_dir,
+        seed=cfg.trainer.seed,
+        max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
+        tensor_parallel_size=r.tensor_parallel_size,
+        gpu_memory_utilization=r.gpu_memory_utilization if on_gpu else cpu_memory_fraction(CPU_ENGINE_GIB),
+        dtype=cfg.model.dtype,
+        enable_weight_sync=True,
+    )
+
+
+def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) -> Components:
+    """Start every actor and wait until all are ready (errors name the actor)."""
+    import ray
+
+    from actors.learner import LearnerGroup, LearnerOptions
+    from actors.rollout import RolloutWorker
+    from actors.teacher import TeacherServer
+    from scope_ray.algo import get_algorithm
+    from scope_ray.reward import get_default_pool, verify_batch
+
+    r, t = cfg.rollout, cfg.teacher
+    sampling = {"temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k, "max_tokens": cfg.model.max_response_tokens}
+    workers = [
+        RolloutWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus * r.tensor_parallel_size, name=None).remote(
+            _engine_options(cfg, student_dir), sampling, worker_index=i
+        )
+        for i in range(r.num_workers)
+    ]
+    spec = get_algorithm(cfg.algorithm.name)
+    teachers = []
+    if spec.needs_teacher:
+        on_gpu = t.num_gpus > 0
+        teachers = [
+            TeacherServer.options(num_cpus=t.num_cpus, num_gpus=t.num_gpus).remote(
+                teacher_dir, backend=t.backend, max_batch_tokens=t.max_batch_tokens, max_wait_ms=t.max_wait_ms,
+                dtype=cfg.model.dtype, seed=cfg.trainer.seed,
+                max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
+                gpu_memory_utilization=0.85 if on_gpu else cpu_memory_fraction(CPU_ENGINE_GIB),
+            )
+            for _ in range(t.num_replicas)
+        ]
+    learner = LearnerGroup(
+        student_dir, LearnerOptions.from_run_config(cfg), num_workers=cfg.learner.num_workers,
+        timeout_s=cfg.trainer.train_timeout_s,
+    )
+    for name, handles in (("rollout worker", workers), ("teacher replica", teachers)):
+        for i, h in enumerate(handles):
+            try:
+                ray.get(h.ready.remote(), timeout=cfg.trainer.generate_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - named and re-raised
+                raise RuntimeError(f"{name} {i} failed to start: {exc}") from exc
+    # Warm the verifier's worker pool now rather than inside the first step.
+    get_default_pool()
+
+    def verify(texts: list[str], truths: list[str]) -> list[Any]:
+        return verify_batch(texts, truths)
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Components(
+        rollout_workers=workers, teachers=teachers, learner=learner, verify=verify, pad_id=int(pad_id),
+        train_sampler=None, eval_items=[],
+    )
+
+
+def shutdown(parts: Components | None) -> None:
+    import ray
+
+    if parts is None:
+        return
+    for h in [*parts.rollout_workers, *parts.teachers]:
+        try:
+            ray.kill(h)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+    try:
+        parts.learner.shutdown()
+    except Exception:  # noqa: BLE001
+        pass

@@ -1,0 +1,133 @@
+"""``scope-ray train``: resolve the config and models, build the actors, run the loop.
+
+Embedded default (no model paths): the tiny task, teacher and student come from
+``scope-ray bootstrap``'s cache (built on first use). Under ``ray job submit``
+(``RAY_ADDRESS`` set) the driver joins that cluster; otherwise it starts a local Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scope_ray.config import ConfigError, RunConfig, dump_config, load_config
+from scope_ray.controller import checkpoint as ckpt
+from scope_ray.controller.stream import PromptItem
+from scope_ray.controller.trainer import RunSummary, Trainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResolvedInputs:
+    student_dir: str
+    teacher_dir: str
+    train_files: list[str]
+    eval_files: list[str]
+
+
+def resolve_inputs(cfg: RunConfig) -> ResolvedInputs:
+    """Model dirs and data files; for the embedded default, bootstrap them (cached)."""
+    if not cfg.uses_embedded_models:
+        return ResolvedInputs(cfg.model.student, cfg.model.teacher, list(cfg.data.train_files), list(cfg.data.eval_files))
+    from scope_ray.bootstrap.build import BootstrapOptions, bootstrap, default_cache_dir
+
+    opts = BootstrapOptions.tiny_for_tests() if cfg.bootstrap.preset == "tiny" else BootstrapOptions()
+    cache = Path(cfg.bootstrap.cache_dir) if cfg.bootstrap.cache_dir else default_cache_dir()
+    art = bootstrap(opts, cache)
+    return ResolvedInputs(
+        str(art.student_dir), str(art.teacher_dir),
+        list(cfg.data.train_files) or [str(art.train_file)],
+        list(cfg.data.eval_files) or [str(art.test_file)],
+    )
+
+
+def load_prompt_items(cfg: RunConfig, inputs: ResolvedInputs, tokenizer) -> tuple[list[PromptItem], list[PromptItem]]:
+    from scope_ray.data import load_prompts
+
+    def items(files: list[str]) -> list[PromptItem]:
+        ds = load_prompts(
+            files, tokenizer=tokenizer, max_prompt_tokens=cfg.model.max_prompt_tokens,
+            on_bad_row=cfg.data.on_bad_row, instruction_suffix=cfg.data.prompt_suffix,
+        )
+        rendered = ds.render_many(list(ds))
+        return [
+            PromptItem(rec.uid, i, list(r.token_ids), rec.ground_truth, rec.data_source)
+            for i, (rec, r) in enumerate(zip(ds, rendered))
+        ]
+
+    train = items(inputs.train_files)
+    evals = items(inputs.eval_files) if inputs.eval_files else []
+    if cfg.data.max_eval_prompts:
+        evals = evals[: cfg.data.max_eval_prompts]
+    return train, evals
+
+
+def make_run_dir(cfg: RunConfig) -> Path:
+    if cfg.trainer.run_dir:
+        path = Path(cfg.trainer.run_dir)
+    else:
+        path = Path("runs") / f"{cfg.trainer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_training(cfg: RunConfig, run_dir: Path, resume_from: ckpt.CheckpointRef | None, *, show_progress: bool = True) -> RunSummary:
+    from transformers import AutoTokenizer
+
+    from scope_ray.controller import cluster
+    from scope_ray.data import PromptSampler, check_same_tokenizer
+
+    cluster.connect(cfg.ray, cfg)
+    inputs = resolve_inputs(cfg)
+    check_same_tokenizer(inputs.student_dir, inputs.teacher_dir)
+    tokenizer = AutoTokenizer.from_pretrained(inputs.student_dir)
+    train_items, eval_items = load_prompt_items(cfg, inputs, tokenizer)
+    logger.info("data: %d training prompts, %d held-out prompts", len(train_items), len(eval_items))
+    parts = cluster.build(cfg, inputs.student_dir, inputs.teacher_dir, tokenizer)
+    parts.train_sampler = PromptSampler(train_items, seed=cfg.trainer.seed)
+    parts.eval_items = eval_items
+    try:
+        trainer = Trainer(cfg, run_dir, parts, resume_from)
+        from scope_ray.controller.progress import ProgressDisplay
+
+        with ProgressDisplay(cfg.trainer.total_steps, start=resume_from.step if resume_from else 0,
+                             eval_k=cfg.trainer.eval_k, enabled=show_progress) as progress:
+            summary = trainer.run(progress.update)
+        trainer.log.plot(run_dir / "curves.png", eval_k=cfg.trainer.eval_k)
+        return summary
+    finally:
+        cluster.shutdown(parts)
+
+
+def train_command(config_path: str | None, overrides: list[str], resume_dir: str | None) -> int:
+    resume_from = None
+    if resume_dir:
+        run_dir = Path(resume_dir)
+        saved = run_dir / "config.yaml"
+        if config_path is None and not saved.is_file():
+            raise ConfigError(f"{saved}: no saved config in the run directory to resume")
+        cfg = load_config(config_path or saved, overrides)
+        resume_from = ckpt.latest_valid(run_dir)
+        if resume_from is None:
+            raise ConfigError(f"{run_dir}: no valid checkpoint to resume from")
+    else:
+        cfg = load_config(config_path, overrides)
+        run_dir = make_run_dir(cfg)
+    cfg.trainer.run_dir = str(run_dir)
+    dump_config(cfg, run_dir / "config.yaml")
+    _log_to_file(run_dir / "train.log")
+    logger.info("run directory: %s", run_dir)
+    summary = run_training(cfg, run_dir, resume_from)
+    from scope_ray.controller.progress import print_summary
+
+    print_summary(summary, cfg.trainer.eval_k)
+    return 0
+
+
+def _log_to_file(path: Path) -> None:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
