@@ -69,11 +69,14 @@ class LearnerGroup:
 
     Placement: one bundle per worker ({"CPU": num_cpus} plus {"GPU": num_gpus} on GPU) in
     a placement group; PACK keeps the ranks on as few nodes as possible (STRICT_PACK
-    insists on one node, fastest for NCCL when it fits).
+    insists on one node, fastest for NCCL when it fits). ``resources`` adds Ray custom
+    resources to every bundle, e.g. {"learner_node": 1} to keep the ranks on the nodes
+    started with that resource.
     """
 
     def __init__(self, model_dir: str, options: LearnerOptions, num_workers: int = 1, *,
-                 placement_strategy: str = "PACK", timeout_s: float | None = None) -> None:
+                 placement_strategy: str = "PACK", timeout_s: float | None = None,
+                 resources: dict[str, float] | None = None) -> None:
         options.validate()
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -83,6 +86,7 @@ class LearnerGroup:
         bundle = {"CPU": options.num_cpus}
         if options.use_gpu:
             bundle["GPU"] = options.num_gpus
+        bundle.update(resources or {})
         self._pg = placement_group([dict(bundle) for _ in range(num_workers)], strategy=placement_strategy)
         ray.get(self._pg.ready(), timeout=timeout_s)
         self.workers = [

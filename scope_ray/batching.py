@@ -118,7 +118,8 @@ def _cols(t: torch.Tensor | None, width: int) -> torch.Tensor | None:
 def _row_values(values: ArrayLike | None, n: int, what: str, row: int) -> torch.Tensor | None:
     if values is None:
         return None
-    t = torch.as_tensor(np.asarray(values, dtype=np.float32)).reshape(-1)
+    # A copy: arrays from Ray's object store are read-only views.
+    t = torch.tensor(np.asarray(values, dtype=np.float32)).reshape(-1)
     if t.numel() != n:
         raise ValueError(f"{what}[{row}] has {t.numel()} values for a {n}-token response")
     return t

@@ -70,6 +70,9 @@ class RolloutConfig:
     num_gpus: float = 0.0
     weight_sync: Literal["safetensors", "nccl"] = "safetensors"
     weight_bucket_mb: int = 256
+    # Ray custom resources each worker asks for, e.g. {"rollout_node": 1} to pin the
+    # workers to nodes started with --resources='{"rollout_node": 8}'.
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class TeacherConfig:
     max_wait_ms: float = 5.0
     num_cpus: float = 0.5
     num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)  # e.g. {"teacher_node": 1}
 
 
 @dataclass
@@ -95,6 +99,7 @@ class LearnerConfig:
     gradient_checkpointing: bool = False
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)  # e.g. {"learner_node": 1}
 
 
 @dataclass
@@ -268,6 +273,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
         return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return {_coerce(f"{key}", k, key_tp): _coerce(f"{key}.{k}", v, val_tp) for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"{key}: union types are not supported in the config tree")
     if tp is bool:

@@ -49,6 +49,12 @@ def connect(rc: RayConfig, cfg: RunConfig | None = None) -> None:
     logger.info("started local Ray with %d logical CPUs", num_cpus)
 
 
+def _quiet_env() -> dict[str, Any]:
+    """vLLM logs every engine step at INFO; keep its warnings and errors only (the
+    driver shows actor logs). Set VLLM_LOGGING_LEVEL yourself to see more."""
+    return {"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}}
+
+
 def _engine_options(cfg: RunConfig, model_dir: str) -> EngineOptions:
     r = cfg.rollout
     on_gpu = r.num_gpus > 0 and cuda_available()
@@ -76,7 +82,10 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
     r, t = cfg.rollout, cfg.teacher
     sampling = {"temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k, "max_tokens": cfg.model.max_response_tokens}
     workers = [
-        RolloutWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus * r.tensor_parallel_size, name=None).remote(
+        RolloutWorker.options(
+            num_cpus=r.num_cpus, num_gpus=r.num_gpus * r.tensor_parallel_size, resources=dict(r.resources),
+            runtime_env=_quiet_env(),
+        ).remote(
             _engine_options(cfg, student_dir), sampling, worker_index=i
         )
         for i in range(r.num_workers)
@@ -86,7 +95,9 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
     if spec.needs_teacher:
         on_gpu = t.num_gpus > 0
         teachers = [
-            TeacherServer.options(num_cpus=t.num_cpus, num_gpus=t.num_gpus).remote(
+            TeacherServer.options(
+                num_cpus=t.num_cpus, num_gpus=t.num_gpus, resources=dict(t.resources), runtime_env=_quiet_env()
+            ).remote(
                 teacher_dir, backend=t.backend, max_batch_tokens=t.max_batch_tokens, max_wait_ms=t.max_wait_ms,
                 dtype=cfg.model.dtype, seed=cfg.trainer.seed,
                 max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
@@ -96,7 +107,7 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
         ]
     learner = LearnerGroup(
         student_dir, LearnerOptions.from_run_config(cfg), num_workers=cfg.learner.num_workers,
-        timeout_s=cfg.trainer.train_timeout_s,
+        timeout_s=cfg.trainer.train_timeout_s, resources=dict(cfg.learner.resources),
     )
     for name, handles in (("rollout worker", workers), ("teacher replica", teachers)):
         for i, h in enumerate(handles):
