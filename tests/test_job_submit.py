@@ -193,3 +193,19 @@ def test_submit_builds_the_entrypoint_from_recipe_layout_and_overrides(tmp_path)
 
     cfg = load_config(ROOT / job[5], job[6:], check_paths=False)
     assert cfg.teacher.num_replicas == 4 and cfg.trainer.total_steps == 3
+
+
+def test_submit_resume_passes_the_run_dir_and_excludes_run_dir(tmp_path) -> None:
+    fake = tmp_path / "ray"
+    record = tmp_path / "argv.json"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
+    fake.chmod(0o755)
+    env = _env() | {"RAY": str(fake)}
+    res = subprocess.run([str(SUBMIT), "--resume", "/mnt/runs/r1", "--no-wait"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    argv = json.loads(record.read_text())
+    assert argv[argv.index("--") + 1:] == ["python", "-m", "scope_ray.cli", "train", "--resume", "/mnt/runs/r1"]
+    res = subprocess.run([str(SUBMIT), "--resume", "/mnt/runs/r1", "--run-dir", "/x"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "exclude each other" in res.stderr

@@ -2,7 +2,8 @@
 # Submit `scope-ray train` to a Ray cluster as a Ray job.
 #
 #   launch/ray_job/submit.sh [--address URL] [--config RECIPE] [--layout LAYOUT]
-#                            [--run-dir DIR] [--submission-id ID] [--no-wait] [-- OVERRIDES...]
+#                            [--run-dir DIR | --resume RUN_DIR] [--submission-id ID]
+#                            [--no-wait] [-- OVERRIDES...]
 #
 #   --address        the cluster's job server (dashboard), default $RAY_ADDRESS, else
 #                    http://127.0.0.1:8265 (a local `ray start --head`)
@@ -12,6 +13,8 @@
 #   --run-dir        where the run writes metrics, checkpoints, the final model: shared
 #                    storage on a multi-node cluster (default: runs/ inside the job's
 #                    temporary working dir, which Ray deletes with the session)
+#   --resume         continue the run in RUN_DIR (shared storage) from its last valid
+#                    checkpoint, with its saved config unless --config is given
 #   --submission-id  a name for the job (default: Ray generates raysubmit_...)
 #   --no-wait        return after submitting; follow with `ray job logs -f ID`
 #   OVERRIDES        dotted config overrides, e.g. trainer.total_steps=50
@@ -30,7 +33,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 ray_bin="${RAY:-ray}"
 python_bin="${SCOPE_RAY_PYTHON:-python}"
 address="${RAY_ADDRESS:-http://127.0.0.1:8265}"
-config="" layout="" run_dir="" submission_id="" no_wait=()
+config="" layout="" run_dir="" resume="" submission_id="" no_wait=()
 overrides=()
 
 die() { echo "submit.sh: $*" >&2; exit 2; }
@@ -41,6 +44,7 @@ while (($#)); do
     --config) config="${2:?--config needs a value}"; shift 2 ;;
     --layout) layout="${2:?--layout needs a value}"; shift 2 ;;
     --run-dir) run_dir="${2:?--run-dir needs a value}"; shift 2 ;;
+    --resume) resume="${2:?--resume needs a value}"; shift 2 ;;
     --submission-id) submission_id="${2:?--submission-id needs a value}"; shift 2 ;;
     --no-wait) no_wait=(--no-wait); shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -57,7 +61,9 @@ relative_to_root() {
   if [[ "$p" == "$root"/* ]]; then echo "${p#"$root"/}"; else echo "$1"; fi
 }
 
+[[ -n "$run_dir" && -n "$resume" ]] && die "--run-dir and --resume exclude each other (a resumed run keeps its dir)"
 train=("$python_bin" -m scope_ray.cli train)
+[[ -n "$resume" ]] && train+=(--resume "$resume")
 if [[ -n "$config" ]]; then
   [[ -f "$config" ]] || die "config $config does not exist"
   train+=(--config "$(relative_to_root "$config")")
