@@ -83,6 +83,7 @@ class TeacherConfig:
     max_wait_ms: float = 5.0
     num_cpus: float = 0.5
     num_gpus: float = 0.0
+    gpu_memory_utilization: float = 0.85  # "vllm" backend on GPU
     resources: dict[str, float] = field(default_factory=dict)  # e.g. {"teacher_node": 1}
 
 
@@ -139,6 +140,12 @@ class TrainerConfig:
     train_timeout_s: float = 1200.0
     sync_timeout_s: float = 300.0
     max_nonfinite_steps: int = 3
+    # Ray restarts a dead rollout worker or teacher replica up to this many times (its
+    # calls are re-issued); also the most learner-group restores per run.
+    actor_max_restarts: int = 3
+    # A learner rank that dies or hangs: "stop" (message names the call and the last
+    # checkpoint) or "restore" (new learner group from the last checkpoint, continue).
+    on_learner_failure: Literal["stop", "restore"] = "stop"
 
 
 @dataclass
@@ -192,6 +199,7 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
         if path and check_paths:
             _require(Path(path).is_dir(), key, f"model directory {path!r} does not exist")
             _require((Path(path) / "config.json").is_file(), key, f"{path!r} has no config.json (not an HF model dir)")
+            _require(_has_weights(Path(path)), key, f"{path!r} has no weights (*.safetensors or pytorch_model*.bin)")
     _require(bool(cfg.data.train_files) or cfg.uses_embedded_models, "data.train_files",
              "required when model.student is set (real models need real data)")
     for key, files in (("data.train_files", cfg.data.train_files), ("data.eval_files", cfg.data.eval_files)):
@@ -211,6 +219,7 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(t.num_replicas >= 1, "teacher.num_replicas", "must be >= 1")
     _require(t.max_batch_tokens >= 1, "teacher.max_batch_tokens", "must be >= 1")
     _require(t.max_wait_ms >= 0, "teacher.max_wait_ms", "must be >= 0")
+    _require(0 < t.gpu_memory_utilization <= 1, "teacher.gpu_memory_utilization", "must be in (0, 1]")
     _require(lr.num_workers >= 1, "learner.num_workers", "must be >= 1")
     # Stage 0 is refused: without ZeRO, DeepSpeed does not skip non-finite steps when
     # given a torch optimizer.
@@ -241,6 +250,11 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     for key in ("generate_timeout_s", "score_timeout_s", "train_timeout_s", "sync_timeout_s"):
         _require(getattr(tr, key) > 0, f"trainer.{key}", "must be > 0")
     _require(tr.max_nonfinite_steps >= 1, "trainer.max_nonfinite_steps", "must be >= 1")
+    _require(tr.actor_max_restarts >= 0, "trainer.actor_max_restarts", "must be >= 0")
+
+
+def _has_weights(model_dir: Path) -> bool:
+    return any(model_dir.glob("*.safetensors")) or any(model_dir.glob("pytorch_model*.bin"))
 
 
 # --------------------------------------------------------------------------- loading
