@@ -39,6 +39,8 @@ def test_scope_sends_only_incorrect_rollouts_to_teacher():
     assert all(r.prompt_ids == [1, 2] for r in reqs)
     assert teacher_requests(get_algorithm("opd"), g)[0] == [0, 1, 2, 3]
     assert teacher_requests(get_algorithm("grpo"), g)[0] == []
+    # GRPO's KL term needs every rollout scored by the reference policy.
+    assert teacher_requests(get_algorithm("grpo"), g, kl_beta=1e-4)[0] == [0, 1, 2, 3]
 
 
 def test_attach_teacher_checks_lengths():

@@ -19,10 +19,23 @@ from scope_ray.types import RolloutGroup, ScoreRequest
 NAN = float("nan")
 
 
-def teacher_requests(spec: AlgorithmSpec, group: RolloutGroup) -> tuple[list[int], list[ScoreRequest]]:
-    """Which rollouts of a verified group the teacher must score, and the requests."""
+def scored_rollouts(spec: AlgorithmSpec, correct: torch.Tensor, kl_beta: float = 0.0) -> torch.Tensor:
+    """Which rollouts the scoring server must score.
+
+    SCOPE: the incorrect ones (teacher); OPD: all (teacher). GRPO with a KL term: all,
+    by the *reference* policy (the initial student, served by the same scoring server).
+    """
+    if spec.needs_reference:
+        return torch.full_like(correct, kl_beta > 0, dtype=torch.bool)
+    return needs_teacher_score(spec, correct)
+
+
+def teacher_requests(
+    spec: AlgorithmSpec, group: RolloutGroup, kl_beta: float = 0.0
+) -> tuple[list[int], list[ScoreRequest]]:
+    """Which rollouts of a verified group go to the scoring server, and the requests."""
     correct = torch.tensor([r > 0.5 for r in group.rewards], dtype=torch.bool)
-    need = needs_teacher_score(spec, correct).tolist()
+    need = scored_rollouts(spec, correct, kl_beta).tolist()
     idx = [i for i, n in enumerate(need) if n]
     reqs = [ScoreRequest(prompt_ids=group.prompt_ids, response_ids=group.rollouts[i].response_ids) for i in idx]
     return idx, reqs
