@@ -10,6 +10,7 @@ makes those calls, so the controller never talks to a single rank.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import ray
@@ -24,6 +25,32 @@ from scope_ray.learner import LearnerCore, LearnerOptions, merge_step_metrics
 from scope_ray.learner.core import check_batch, free_port
 
 logger = logging.getLogger(__name__)
+
+
+class LearnerFailure(RuntimeError):
+    """A learner call failed, hung past its timeout, or a rank died.
+
+    The message names the rank and the call. The group is unusable afterwards (the
+    surviving ranks may be stuck in a collective): stop, or build a new group and load
+    a checkpoint (``trainer.on_learner_failure``).
+    """
+
+    def __init__(self, message: str, *, rank: int | None, call: str) -> None:
+        super().__init__(message)
+        self.rank = rank
+        self.call = call
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of a remote error: for a task error, the rank's own exception (Ray's
+    wrapper starts with a header line naming only the actor)."""
+    if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
+        exc = exc.cause
+        prefix = f"{type(exc).__name__}: "
+    else:
+        prefix = ""
+    text = str(exc).strip().splitlines()
+    return prefix + (text[0] if text else type(exc).__name__)
 
 
 @ray.remote
@@ -98,8 +125,8 @@ class LearnerGroup:
             ).remote(rank, num_workers, str(model_dir), options)
             for rank in range(num_workers)
         ]
-        addr, port = self._get(self.workers[0].master_address.remote())
-        self._get_all([w.init_process_group.remote(addr, port) for w in self.workers])
+        addr, port = self._get(self.workers[0].master_address.remote(), "master_address")
+        self._get_all([w.init_process_group.remote(addr, port) for w in self.workers], "init_process_group")
         logger.info("learner group ready: %d worker(s), ZeRO-%d, rendezvous %s:%d",
                     num_workers, options.zero_stage, addr, port)
 
@@ -107,11 +134,39 @@ class LearnerGroup:
     def world_size(self) -> int:
         return len(self.workers)
 
-    def _get(self, ref: ray.ObjectRef) -> Any:
-        return ray.get(ref, timeout=self.timeout_s)
+    def _get(self, ref: ray.ObjectRef, call: str = "call", timeout_s: float | None = None) -> Any:
+        return self._get_all([ref], call, timeout_s)[0]
 
-    def _get_all(self, refs: list[ray.ObjectRef]) -> list[Any]:
-        return ray.get(refs, timeout=self.timeout_s)
+    def _get_all(self, refs: list[ray.ObjectRef], call: str = "call", timeout_s: float | None = None) -> list[Any]:
+        """Every rank's result, in rank order; a failure or hang raises
+        :class:`LearnerFailure` naming the rank and the call.
+
+        Fails fast: when one rank dies, the others may wait in a collective for it
+        until gloo/NCCL time out, so results are taken as they come, not all at once.
+        """
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rank_of = {ref: rank for rank, ref in enumerate(refs)}
+        results: dict[int, Any] = {}
+        while rank_of:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                late = sorted(rank_of.values())
+                raise LearnerFailure(
+                    f"learner worker {_ranks(late)}: {call}() did not return within {timeout:.0f} s",
+                    rank=late[0], call=call)
+            ready, _ = ray.wait(list(rank_of), num_returns=1, timeout=remaining)
+            for ref in ready:
+                rank = rank_of.pop(ref)
+                try:
+                    results[rank] = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    raise LearnerFailure(f"learner worker {rank}: {call}() failed, the actor died: {_first_line(exc)}",
+                                         rank=rank, call=call) from exc
+                except Exception as exc:  # noqa: BLE001 - named and re-raised
+                    raise LearnerFailure(f"learner worker {rank}: {call}() failed: {_first_line(exc)}",
+                                         rank=rank, call=call) from exc
+        return [results[rank] for rank in range(len(refs))]
 
     def _shards(self, batch: TrainBatch) -> list[torch.Tensor]:
         # Checked here, not only on the ranks: one failing rank would hang the others.
@@ -120,7 +175,8 @@ class LearnerGroup:
             raise ValueError("empty batch")
         return shard_indices(batch.group_index, batch.lengths(), self.world_size)
 
-    def train_step(self, batch: TrainBatch, micro_batch_tokens: int | None = None) -> dict[str, Any]:
+    def train_step(self, batch: TrainBatch, micro_batch_tokens: int | None = None, *,
+                   timeout_s: float | None = None) -> dict[str, Any]:
         """One optimizer step on the whole batch; whole prompt groups per rank."""
         shards = self._shards(batch)
         prompts, tokens = batch.num_prompts, batch.num_response_tokens
@@ -128,7 +184,7 @@ class LearnerGroup:
             w.train_step.remote(batch.select(rows).trim(), prompts, tokens, micro_batch_tokens)
             for w, rows in zip(self.workers, shards)
         ]
-        return merge_step_metrics(self._get_all(refs))
+        return merge_step_metrics(self._get_all(refs, "train_step", timeout_s))
 
     def compute_logprobs(self, batch: TrainBatch, micro_batch_tokens: int | None = None) -> torch.Tensor:
         """[N, L] log-probs of the response tokens under the current weights (0 elsewhere)."""
@@ -136,28 +192,40 @@ class LearnerGroup:
         refs = [w.compute_logprobs.remote(batch.select(rows).trim(), micro_batch_tokens)
                 for w, rows in zip(self.workers, shards)]
         out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-        for rows, part in zip(shards, self._get_all(refs)):
+        for rows, part in zip(shards, self._get_all(refs, "compute_logprobs")):
             out[rows, : part.shape[1]] = part
         return out
 
-    def export_weights(self, bucket_mb: float | None = None) -> dict[str, torch.Tensor] | list[bytes]:
+    def export_weights(self, bucket_mb: float | None = None, *,
+                       timeout_s: float | None = None) -> dict[str, torch.Tensor] | list[bytes]:
         """Full weights, HF names: a dict, or safetensors buckets when ``bucket_mb``."""
-        return self._get_all([w.export_weights.remote(bucket_mb) for w in self.workers])[0]
+        return self._get_all([w.export_weights.remote(bucket_mb) for w in self.workers], "export_weights", timeout_s)[0]
 
-    def save_hf(self, out_dir: str) -> str:
-        return self._get_all([w.save_hf.remote(str(out_dir)) for w in self.workers])[0]
+    def save_hf(self, out_dir: str, *, timeout_s: float | None = None) -> str:
+        return self._get_all([w.save_hf.remote(str(out_dir)) for w in self.workers], "save_hf", timeout_s)[0]
 
-    def save_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> None:
-        self._get_all([w.save_checkpoint.remote(str(ckpt_dir), tag) for w in self.workers])
+    def save_checkpoint(self, ckpt_dir: str, tag: str | None = None, *, timeout_s: float | None = None) -> None:
+        self._get_all([w.save_checkpoint.remote(str(ckpt_dir), tag) for w in self.workers], "save_checkpoint",
+                      timeout_s)
 
-    def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> None:
-        self._get_all([w.load_checkpoint.remote(str(ckpt_dir), tag) for w in self.workers])
+    def load_checkpoint(self, ckpt_dir: str, tag: str | None = None, *, timeout_s: float | None = None) -> None:
+        self._get_all([w.load_checkpoint.remote(str(ckpt_dir), tag) for w in self.workers], "load_checkpoint",
+                      timeout_s)
 
     save = save_checkpoint
     load = load_checkpoint
 
     def shutdown(self) -> None:
+        """Kill every rank and free the placement group (also after a failure: dead or
+        hung ranks are fine)."""
         for w in self.workers:
-            ray.kill(w)
+            try:
+                ray.kill(w)
+            except Exception as exc:  # noqa: BLE001 - best effort, keep freeing the rest
+                logger.warning("could not kill a learner worker: %s", exc)
         self.workers = []
         remove_placement_group(self._pg)
+
+
+def _ranks(ranks: list[int]) -> str:
+    return str(ranks[0]) if len(ranks) == 1 else "s " + ", ".join(map(str, ranks))

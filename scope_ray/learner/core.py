@@ -34,6 +34,7 @@ from scope_ray.batching import TrainBatch, micro_batch_indices
 from scope_ray.learner import engine as eng
 from scope_ray.learner.metrics import RankStepStats
 from scope_ray.learner.options import LearnerOptions
+from scope_ray.learner.safe_load import weights_only_loads
 from scope_ray.learner.weights import export_state, save_hf_dir
 from scope_ray.modeling import token_logprobs
 
@@ -220,8 +221,10 @@ class LearnerCore:
 
     def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> None:
         self._require_engine()
-        path, _ = self.engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+        # DeepSpeed itself would unpickle with weights_only=False (see safe_load).
+        with weights_only_loads(self.engine):
+            path, _ = self.engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {ckpt_dir} (tag {tag!r})")
 
