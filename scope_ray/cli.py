@@ -55,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input: one line naming the key or file, no traceback.
         print(f"scope-ray: config error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from scope_ray.controller.trainer import TrainingStopped
+
+        if not isinstance(exc, TrainingStopped):
+            raise
+        # A deliberate stop (learner failure, non-finite steps): the cause and the last
+        # checkpoint in one line, no traceback.
+        print(f"scope-ray: training stopped: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

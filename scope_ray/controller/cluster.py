@@ -41,12 +41,16 @@ def connect(rc: RayConfig, cfg: RunConfig | None = None) -> None:
         logger.info("joining Ray cluster at %s", address)
         ray.init(address=address)
         return
-    # Ray 2.60 turns token authentication on by default; an in-process, loopback-only
-    # Ray started for this run needs none (clusters keep theirs: see launch/README).
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # No dashboard, hence no job server: nothing accepts HTTP job submissions. Ray's
+    # own gRPC ports (GCS, raylet, workers) still listen on every interface whatever
+    # the node address, so Ray 2.60's token authentication (on by default: a token in
+    # ~/.ray/auth_token) stays on unless RAY_AUTH_MODE says otherwise. If this driver
+    # is SIGKILLed, the Ray it started goes too: GCS, raylet and actors within seconds,
+    # the two node agents within about a minute (docs/RELIABILITY.md).
     num_cpus = rc.num_cpus or max(os.cpu_count() or 1, logical_cpus_needed(cfg) if cfg else 1)
     ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host=rc.dashboard_host)
-    logger.info("started local Ray with %d logical CPUs", num_cpus)
+    logger.info("started local Ray with %d logical CPUs (token auth: %s)", num_cpus,
+                os.environ.get("RAY_AUTH_MODE", "token"))
 
 
 def _quiet_env() -> dict[str, Any]:
@@ -81,10 +85,14 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
 
     r, t = cfg.rollout, cfg.teacher
     sampling = {"temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k, "max_tokens": cfg.model.max_response_tokens}
+    restarts = cfg.trainer.actor_max_restarts
     workers = [
+        # Restarted by Ray when they die, but their calls are not retried by Ray: a
+        # restarted worker holds the initial weights, so the controller re-syncs it and
+        # re-issues its prompts itself (stream.py).
         RolloutWorker.options(
             num_cpus=r.num_cpus, num_gpus=r.num_gpus * r.tensor_parallel_size, resources=dict(r.resources),
-            runtime_env=_quiet_env(),
+            runtime_env=_quiet_env(), max_restarts=restarts, max_task_retries=0,
         ).remote(
             _engine_options(cfg, student_dir), sampling, worker_index=i
         )
@@ -95,8 +103,11 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
     if spec.needs_teacher:
         on_gpu = t.num_gpus > 0
         teachers = [
+            # Scoring is a pure function of its input: Ray retries a lost call on the
+            # restarted replica by itself (the stream then tries another replica).
             TeacherServer.options(
-                num_cpus=t.num_cpus, num_gpus=t.num_gpus, resources=dict(t.resources), runtime_env=_quiet_env()
+                num_cpus=t.num_cpus, num_gpus=t.num_gpus, resources=dict(t.resources), runtime_env=_quiet_env(),
+                max_restarts=restarts, max_task_retries=restarts,
             ).remote(
                 teacher_dir, backend=t.backend, max_batch_tokens=t.max_batch_tokens, max_wait_ms=t.max_wait_ms,
                 dtype=cfg.model.dtype, seed=cfg.trainer.seed,
@@ -105,10 +116,16 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
             )
             for _ in range(t.num_replicas)
         ]
-    learner = LearnerGroup(
-        student_dir, LearnerOptions.from_run_config(cfg), num_workers=cfg.learner.num_workers,
-        timeout_s=cfg.trainer.train_timeout_s, resources=dict(cfg.learner.resources),
-    )
+
+    def make_learner() -> LearnerGroup:
+        # Also the restore path (trainer.on_learner_failure): a fresh group from the
+        # initial model, into which the trainer loads the last checkpoint.
+        return LearnerGroup(
+            student_dir, LearnerOptions.from_run_config(cfg), num_workers=cfg.learner.num_workers,
+            timeout_s=cfg.trainer.train_timeout_s, resources=dict(cfg.learner.resources),
+        )
+
+    learner = make_learner()
     for name, handles in (("rollout worker", workers), ("teacher replica", teachers)):
         for i, h in enumerate(handles):
             try:
@@ -124,7 +141,7 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return Components(
         rollout_workers=workers, teachers=teachers, learner=learner, verify=verify, pad_id=int(pad_id),
-        train_sampler=None, eval_items=[],
+        train_sampler=None, eval_items=[], make_learner=make_learner,
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from scope_ray.config import ConfigError, RunConfig, dump_config, load_config
 from scope_ray.controller import checkpoint as ckpt
 from scope_ray.controller.stream import PromptItem
-from scope_ray.controller.trainer import RunSummary, Trainer
+from scope_ray.controller.trainer import Components, RunSummary, Trainer, TrainingStopped
 
 logger = logging.getLogger(__name__)
 
@@ -74,21 +74,40 @@ def make_run_dir(cfg: RunConfig) -> Path:
     return path
 
 
-def run_training(cfg: RunConfig, run_dir: Path, resume_from: ckpt.CheckpointRef | None, *, show_progress: bool = True) -> RunSummary:
+def check_models(inputs: ResolvedInputs) -> None:
+    """Student and teacher must share a tokenizer (the teacher scores the student's token
+    ids). Checked before Ray or any actor starts; a mismatch is a one-line ConfigError."""
+    from scope_ray.data import check_same_tokenizer
+
+    try:
+        check_same_tokenizer(inputs.student_dir, inputs.teacher_dir)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"model.teacher: {' '.join(str(exc).split())}") from None
+
+
+def start_components(cfg: RunConfig) -> Components:
+    """Check the inputs, then start Ray (or join it) and every actor, with the data loaded."""
     from transformers import AutoTokenizer
 
     from scope_ray.controller import cluster
-    from scope_ray.data import PromptSampler, check_same_tokenizer
+    from scope_ray.data import PromptSampler
 
-    cluster.connect(cfg.ray, cfg)
     inputs = resolve_inputs(cfg)
-    check_same_tokenizer(inputs.student_dir, inputs.teacher_dir)
+    check_models(inputs)
     tokenizer = AutoTokenizer.from_pretrained(inputs.student_dir)
     train_items, eval_items = load_prompt_items(cfg, inputs, tokenizer)
     logger.info("data: %d training prompts, %d held-out prompts", len(train_items), len(eval_items))
+    cluster.connect(cfg.ray, cfg)
     parts = cluster.build(cfg, inputs.student_dir, inputs.teacher_dir, tokenizer)
     parts.train_sampler = PromptSampler(train_items, seed=cfg.trainer.seed)
     parts.eval_items = eval_items
+    return parts
+
+
+def run_training(cfg: RunConfig, run_dir: Path, resume_from: ckpt.CheckpointRef | None, *, show_progress: bool = True) -> RunSummary:
+    from scope_ray.controller import cluster
+
+    parts = start_components(cfg)
     try:
         trainer = Trainer(cfg, run_dir, parts, resume_from)
         from scope_ray.controller.progress import ProgressDisplay
@@ -120,7 +139,11 @@ def train_command(config_path: str | None, overrides: list[str], resume_dir: str
     dump_config(cfg, run_dir / "config.yaml")
     _log_to_file(run_dir / "train.log")
     logger.info("run directory: %s", run_dir)
-    summary = run_training(cfg, run_dir, resume_from)
+    try:
+        summary = run_training(cfg, run_dir, resume_from)
+    except TrainingStopped as exc:
+        logger.error("training stopped: %s", exc)  # into train.log; the CLI prints it too
+        raise
     from scope_ray.controller.progress import print_summary
 
     print_summary(summary, cfg.trainer.eval_k)

@@ -20,9 +20,8 @@ class RunLogger:
     def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
-            kept = [row for row in self.read() if row.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if resume_step is not None:
+            self.truncate(resume_step)
         self._tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -41,10 +40,25 @@ class RunLogger:
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
 
+    def truncate(self, step: int) -> None:
+        """Drop the rows after ``step`` (they are about to be replayed)."""
+        if self.path.exists():
+            kept = [row for row in self.read() if row.get("step", 0) <= step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        rows = []
+        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                # A driver killed mid-write leaves a torn last line; the step is replayed.
+                logger.warning("%s line %d is not valid JSON (torn write?); ignoring it", self.path, n)
+        return rows
 
     def close(self) -> None:
         if self._tb is not None:

@@ -7,6 +7,15 @@ complete when every generation and scoring call has come back.
 
 Every wait has a timeout from config; a call that does not return in time becomes an
 error naming the actor and the call, instead of a silent hang.
+
+Faults: a rollout worker that dies is restarted by Ray (``max_restarts``) from the
+initial model, so before its prompts are re-issued the trainer's ``recover_worker``
+pushes it the current weights. A worker that restarted unnoticed (between calls) is
+caught by the policy version its rollouts carry. Re-issued requests keep their
+per-prompt seeds, so they give the same groups; a failed call contributes none, so
+every group of the step is counted exactly once (checked in :meth:`StepStream.collect`).
+A scoring call whose teacher replica died goes to the next replica (Ray itself first
+retries it on the restarted replica, ``max_task_retries``).
 """
 
 from __future__ import annotations
@@ -62,9 +71,15 @@ class _Pending:
     actor_name: str
     submitted: float
     payload: Any
+    index: int = 0  # the worker or replica it went to
+    attempt: int = 0  # re-issues so far
+    version: int = 0  # generate: the policy version the worker must hold
 
 
 Verifier = Callable[[list[str], list[str]], list[Any]]
+# Bring rollout worker ``i`` back after it died or restarted: wait until it is up, give
+# it the current weights, return the policy version it now holds.
+WorkerRecovery = Callable[[int], int]
 
 
 class StepStream:
@@ -83,6 +98,10 @@ class StepStream:
         score_timeout_s: float,
         sequential: bool = False,
         sampling: dict[str, Any] | None = None,
+        policy_version: int = 0,
+        recover_worker: WorkerRecovery | None = None,
+        max_retries: int = 3,
+        dead_teachers: set[int] | None = None,
     ) -> None:
         self.workers = list(rollout_workers)
         self.teachers = list(teachers)
@@ -95,6 +114,15 @@ class StepStream:
         # sequential: generate everything, then score everything (benchmark baseline).
         self.sequential = sequential
         self.sampling = sampling
+        # The weights version every worker holds when this stream starts; rollouts that
+        # carry another one come from a worker that restarted from the initial model.
+        self.policy_version = policy_version
+        self.recover_worker = recover_worker
+        self.max_retries = max_retries
+        # Replicas known to be dead for good (shared with later steps by the trainer).
+        self.dead_teachers = dead_teachers if dead_teachers is not None else set()
+        self.retries = 0  # re-issued calls, for logs and tests
+        self._expected: list[int] = []
         self.clock = StageClock()
         self._pending: dict[ray.ObjectRef, _Pending] = {}
         self._groups: list[RolloutGroup] = []
@@ -105,6 +133,7 @@ class StepStream:
     def start(self, items: Sequence[PromptItem], seed: int) -> StepStream:
         self.clock = StageClock()
         self.clock.first_submit = self.clock.now()
+        self._expected = [it.group_index for it in items]
         chunks = [items[i : i + self.prompts_per_request] for i in range(0, len(items), self.prompts_per_request)]
         for j, chunk in enumerate(chunks):
             w = j % len(self.workers)
@@ -112,14 +141,23 @@ class StepStream:
                 GenerationRequest(uid=it.uid, prompt_ids=it.prompt_ids, n=self.group_size, seed=_request_seed(seed, it.group_index))
                 for it in chunk
             ]
-            ref = self.workers[w].generate.remote(reqs, self.sampling)
-            self._pending[ref] = _Pending("generate", f"rollout worker {w}", time.perf_counter(), list(chunk))
+            self._submit_generate(w, list(chunk), reqs, attempt=0, version=self.policy_version)
         return self
+
+    def _submit_generate(self, w: int, items: list[PromptItem], reqs: list[GenerationRequest], *,
+                         attempt: int, version: int) -> None:
+        ref = self.workers[w].generate.remote(reqs, self.sampling)
+        self._pending[ref] = _Pending("generate", f"rollout worker {w}", time.perf_counter(), (items, reqs),
+                                      index=w, attempt=attempt, version=version)
 
     # ------------------------------------------------------------------ collect
     def collect(self) -> list[RolloutGroup]:
         """Block until every group of the step is verified and scored."""
         self.pump()
+        got = sorted(g.group_index for g in self._groups)
+        if got != sorted(self._expected):
+            # A re-issue must never add a group twice or drop one.
+            raise RuntimeError(f"stream produced groups {got}, expected {sorted(self._expected)}")
         return sorted(self._groups, key=lambda g: g.group_index)
 
     def pump(self, stop_when: Callable[[], bool] | None = None, poll_s: float = 0.05) -> bool:
@@ -158,20 +196,33 @@ class StepStream:
 
     def _finish(self, ref: ray.ObjectRef) -> None:
         p = self._pending.pop(ref)
+        call = "generate" if p.kind == "generate" else "score"
         try:
             result = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            # The actor died (Ray may be restarting it): the call's work is lost, redo it.
+            if p.kind == "score" and isinstance(exc, ray.exceptions.ActorDiedError):
+                self.dead_teachers.add(p.index)
+            if self._reissue(p, f"{call}() failed, the actor died ({_first_line(exc)})"):
+                return
+            raise RemoteCallError(f"{p.actor_name}: {call}() failed: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - re-raised with the actor's name
-            call = "generate" if p.kind == "generate" else "score"
             raise RemoteCallError(f"{p.actor_name}: {call}() failed: {exc}") from exc
         elapsed = time.perf_counter() - p.submitted
         if p.kind == "generate":
+            foreign = _foreign_version(result, p.version)
+            if foreign is not None:
+                reason = f"returned policy version {foreign}, expected {p.version} (restarted from the initial model)"
+                if self._reissue(p, reason):
+                    return
+                raise RemoteCallError(f"{p.actor_name}: generate() {reason}")
             self.clock.generate_calls += elapsed
-            self._on_generated(p.payload, result)
+            self._on_generated(p.payload[0], result)
             if not any(q.kind == "generate" for q in self._pending.values()):
                 self.clock.generate_done = self.clock.now()
         else:
             self.clock.score_calls += elapsed
-            group, indices = p.payload
+            group, indices, _ = p.payload
             attach_teacher(group, indices, result)
             self._groups.append(group)
             if not self._pending:
@@ -208,9 +259,56 @@ class StepStream:
             group.teacher_logp = [None] * len(group.rollouts)
             self._groups.append(group)
             return
-        t = next(self._teacher_rr)
+        self._send_score(self._next_teacher(), group, indices, reqs, attempt=0)
+
+    def _next_teacher(self) -> int:
+        """The next replica in turn that is not known dead (any, if all are)."""
+        for _ in range(len(self.teachers)):
+            t = next(self._teacher_rr)
+            if t not in self.dead_teachers:
+                return t
+        return next(self._teacher_rr)
+
+    def _send_score(self, t: int, group: RolloutGroup, indices: list[int], reqs: list[Any], *, attempt: int) -> None:
         ref = self.teachers[t].score.remote(reqs)
-        self._pending[ref] = _Pending("score", f"teacher replica {t}", time.perf_counter(), (group, indices))
+        self._pending[ref] = _Pending("score", f"teacher replica {t}", time.perf_counter(), (group, indices, reqs),
+                                      index=t, attempt=attempt)
+
+    def _reissue(self, p: _Pending, reason: str) -> bool:
+        """Send a lost call again (same requests, same seeds); False if out of tries."""
+        if p.attempt >= self.max_retries:
+            return False
+        if p.kind == "generate":
+            if self.recover_worker is None:
+                return False
+            items, reqs = p.payload
+            logger.warning("%s: %s; re-issuing its %d prompt(s)", p.actor_name, reason, len(items))
+            try:
+                version = self.recover_worker(p.index)
+            except Exception as exc:  # noqa: BLE001 - named and re-raised
+                raise RemoteCallError(f"{p.actor_name}: {reason}, and it could not be brought back: {exc}") from exc
+            self._submit_generate(p.index, items, reqs, attempt=p.attempt + 1, version=version)
+        else:
+            group, indices, reqs = p.payload
+            t = self._next_teacher()
+            logger.warning("%s: %s; re-sending %d sequence(s) to teacher replica %d", p.actor_name, reason, len(reqs), t)
+            self._send_score(t, group, indices, reqs, attempt=p.attempt + 1)
+        self.retries += 1
+        return True
+
+
+def _foreign_version(results: list[list[Any]], expected: int) -> int | None:
+    """The first rollout policy version that is not ``expected``, else None."""
+    for group in results:
+        for r in group:
+            if r.policy_version != expected:
+                return int(r.policy_version)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _request_seed(seed: int, group_index: int) -> int:

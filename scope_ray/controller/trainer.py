@@ -8,13 +8,21 @@ With ``max_staleness = 1`` the next step's prompts are submitted before the lear
 trains, and that stream is pumped while the learner works, so generation and teacher
 scoring of step s+1 overlap the gradient step of step s (its rollouts are then one
 policy version old; rho corrects for it).
+
+Faults (docs/RELIABILITY.md): a restarted rollout worker gets the latest weights
+(:meth:`Trainer.recover_rollout_worker`, kept as one object-store ref) before its
+prompts are re-issued; a learner failure stops the run naming the call and the last
+checkpoint, or (``trainer.on_learner_failure: restore``) rebuilds the learner group
+from that checkpoint and carries on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +43,14 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingStopped(RuntimeError):
-    """The run stopped on purpose (e.g. repeated non-finite steps); the checkpoint is intact."""
+    """The run stopped on purpose (e.g. repeated non-finite steps, a learner failure);
+    the message names the cause and the last checkpoint, which is intact."""
+
+
+def _is_learner_failure(exc: BaseException) -> bool:
+    from actors.learner import LearnerFailure
+
+    return isinstance(exc, LearnerFailure)
 
 
 @dataclass
@@ -49,6 +64,8 @@ class Components:
     pad_id: int
     train_sampler: Any  # scope_ray.data.PromptSampler over PromptItem templates
     eval_items: list[PromptItem]
+    # Builds a fresh learner group from the initial model (on_learner_failure: restore).
+    make_learner: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -92,6 +109,12 @@ class Trainer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-call")
         self._pending_sync: list[ray.ObjectRef] = []
         self._before_draw: tuple[dict[str, Any], int] = ({}, 0)
+        # The latest weights pushed to the rollout workers (None: still the initial
+        # model), kept so a restarted worker can be brought up to date.
+        self._latest_blobs: ray.ObjectRef | None = None
+        self._dead_teachers: set[int] = set()
+        self.rollout_recoveries = 0  # weight re-syncs of restarted rollout workers
+        self.learner_restores = 0
 
     # ------------------------------------------------------------------ pieces
     def _next_items(self) -> list[PromptItem]:
@@ -108,6 +131,8 @@ class Trainer:
             prompts_per_request=c.rollout.prompts_per_request, group_size=c.rollout.group_size,
             generate_timeout_s=c.trainer.generate_timeout_s, score_timeout_s=c.trainer.score_timeout_s,
             sequential=c.trainer.schedule == "sequential",
+            policy_version=self.version, recover_worker=self.recover_rollout_worker,
+            max_retries=c.trainer.actor_max_restarts, dead_teachers=self._dead_teachers,
         )
 
     def _start_stream(self) -> StepStream:
@@ -126,42 +151,111 @@ class Trainer:
         """
         t0 = time.perf_counter()
         self._check_pending_sync()
-        blobs = self.parts.learner.export_weights(self.cfg.rollout.weight_bucket_mb)
-        blobs_ref = ray.put(blobs)
-        self._pending_sync = [w.update_weights.remote(blobs_ref, self.version) for w in self.parts.rollout_workers]
+        blobs = self.parts.learner.export_weights(self.cfg.rollout.weight_bucket_mb,
+                                                  timeout_s=self.cfg.trainer.sync_timeout_s)
+        self._latest_blobs = ray.put(blobs)
+        self._pending_sync = [w.update_weights.remote(self._latest_blobs, self.version)
+                              for w in self.parts.rollout_workers]
         if wait:
             self._check_pending_sync()
         return time.perf_counter() - t0
 
     def _check_pending_sync(self) -> None:
-        for i, ref in enumerate(self._pending_sync):
+        timeout = self.cfg.trainer.sync_timeout_s
+        pending, self._pending_sync = self._pending_sync, []
+        for i, ref in enumerate(pending):
             try:
-                ray.get(ref, timeout=self.cfg.trainer.sync_timeout_s)
+                ray.get(ref, timeout=timeout)
+            except ray.exceptions.GetTimeoutError as exc:
+                raise RemoteCallError(f"rollout worker {i}: update_weights() did not return within {timeout:.0f} s") from exc
+            except ray.exceptions.RayActorError as exc:
+                # Died while loading: Ray restarts it from the initial model; catch it up.
+                logger.warning("rollout worker %d died during update_weights(): %s", i, _first_line(exc))
+                self.recover_rollout_worker(i)
             except Exception as exc:  # noqa: BLE001 - named and re-raised
                 raise RemoteCallError(f"rollout worker {i}: update_weights() failed: {exc}") from exc
-        self._pending_sync = []
+
+    def recover_rollout_worker(self, i: int) -> int:
+        """Wait for rollout worker ``i`` to be up (Ray restarts a dead one), give it the
+        current weights if it lacks them, and return the policy version it holds.
+
+        A restarted worker loads the initial model dir, i.e. version 0; it must not
+        generate again before it has the weights the learner has moved on to.
+        """
+        t = self.cfg.trainer
+        w = self.parts.rollout_workers[i]
+        held = self._wait_until_up(i, t.generate_timeout_s)
+        if held == self.version:
+            return held
+        if self._latest_blobs is None:
+            raise RemoteCallError(f"rollout worker {i} holds policy version {held}, the trainer {self.version}, "
+                                  "and there are no weights to send it")
+        try:
+            ray.get(w.update_weights.remote(self._latest_blobs, self.version), timeout=t.sync_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - named and re-raised
+            raise RemoteCallError(f"rollout worker {i}: update_weights() after a restart failed: {exc}") from exc
+        self.rollout_recoveries += 1
+        logger.warning("rollout worker %d restarted; gave it the current weights (policy version %d)", i, self.version)
+        return self.version
+
+    def _wait_until_up(self, i: int, limit: float) -> int:
+        """Rollout worker ``i``'s policy version once it answers; a restarting actor
+        refuses calls ("unavailable") until its __init__ is done, a dead one for good."""
+        w = self.parts.rollout_workers[i]
+        deadline = time.monotonic() + limit
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return int(ray.get(w.version.remote(), timeout=max(remaining, 0.1)))
+            except ray.exceptions.GetTimeoutError as exc:
+                raise RemoteCallError(f"rollout worker {i}: not back within {limit:.0f} s") from exc
+            except ray.exceptions.ActorUnavailableError as exc:
+                if remaining <= 0:
+                    raise RemoteCallError(f"rollout worker {i}: not back within {limit:.0f} s") from exc
+                time.sleep(0.5)
+            except ray.exceptions.RayActorError as exc:
+                raise RemoteCallError(f"rollout worker {i}: dead and not restarted ({_first_line(exc)})") from exc
 
     def evaluate(self) -> dict[str, float]:
         t = self.cfg.trainer
         if not self.parts.eval_items:
             return {}
         t0 = time.perf_counter()
-        out = evaluate_with_workers(
-            self.parts.rollout_workers, self.parts.eval_items, self.parts.verify, k=t.eval_k,
-            sampling={"temperature": t.eval_temperature, "top_p": t.eval_top_p, "top_k": t.eval_top_k},
-            seed=t.seed + 12345, prompts_per_request=max(self.cfg.rollout.prompts_per_request, 8),
-            timeout_s=t.generate_timeout_s,
-        )
+        for attempt in range(2):
+            # Every worker must hold the current weights (one may have restarted
+            # unnoticed since the last step); a worker dying mid-evaluation costs one rerun.
+            for i in range(len(self.parts.rollout_workers)):
+                self.recover_rollout_worker(i)
+            try:
+                out = evaluate_with_workers(
+                    self.parts.rollout_workers, self.parts.eval_items, self.parts.verify, k=t.eval_k,
+                    sampling={"temperature": t.eval_temperature, "top_p": t.eval_top_p, "top_k": t.eval_top_k},
+                    seed=t.seed + 12345, prompts_per_request=max(self.cfg.rollout.prompts_per_request, 8),
+                    timeout_s=t.generate_timeout_s,
+                )
+                break
+            except RemoteCallError as exc:
+                if attempt == 1 or not isinstance(exc.__cause__, ray.exceptions.RayActorError):
+                    raise
+                logger.warning("evaluation lost a rollout worker (%s); running it again", exc)
         out["time/eval_s"] = time.perf_counter() - t0
         return out
 
     def _train_in_background(self, batch, next_stream: StepStream | None) -> tuple[dict[str, float], float]:
         """Run the learner step in a thread while pumping the next step's stream."""
+        from actors.learner import LearnerFailure
+
         t0 = time.perf_counter()
-        fut = self._executor.submit(self.parts.learner.train_step, batch)
+        limit = self.cfg.trainer.train_timeout_s
+        fut = self._executor.submit(self.parts.learner.train_step, batch, timeout_s=limit)
         if next_stream is not None:
             next_stream.pump(stop_when=fut.done)
-        metrics = fut.result(timeout=self.cfg.trainer.train_timeout_s)
+        try:
+            # The learner group enforces the limit and names the rank; this is a backstop.
+            metrics = fut.result(timeout=limit + 60.0)
+        except FutureTimeout as exc:
+            raise LearnerFailure(f"learner group: train_step() did not return within {limit:.0f} s",
+                                 rank=None, call="train_step") from exc
         return metrics, time.perf_counter() - t0
 
     def _controller_state(self, prefetched: bool) -> dict[str, Any]:
@@ -178,8 +272,9 @@ class Trainer:
 
     def save_checkpoint(self, prefetched: bool = False) -> ckpt.CheckpointRef:
         staged = ckpt.staging_dir(self.run_dir, self.step)
-        self.parts.learner.save_checkpoint(str(staged / "deepspeed"))
-        self.parts.learner.save_hf(str(staged / "hf"))
+        limit = self.cfg.trainer.train_timeout_s
+        self.parts.learner.save_checkpoint(str(staged / "deepspeed"), timeout_s=limit)
+        self.parts.learner.save_hf(str(staged / "hf"), timeout_s=limit)
         state = self._controller_state(prefetched)
         return ckpt.commit(self.run_dir, staged, self.step, state, self.cfg.trainer.keep_checkpoints)
 
@@ -190,9 +285,43 @@ class Trainer:
         self.version = int(state["version"])
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         self.parts.train_sampler.load_state_dict(state["sampler"])
-        self.parts.learner.load_checkpoint(str(ref.deepspeed_dir))
+        self.parts.learner.load_checkpoint(str(ref.deepspeed_dir), timeout_s=self.cfg.trainer.train_timeout_s)
         self.sync_weights()
         logger.info("resumed from %s at step %d", ref.path, self.step)
+
+    def _on_learner_failure(self, exc: Exception) -> None:
+        """Stop with a message naming the failure and the last checkpoint, or (policy
+        ``restore``) replace the learner group and continue from that checkpoint."""
+        t = self.cfg.trainer
+        last = ckpt.latest_valid(self.run_dir)
+        where = f"last checkpoint: {last.path}" if last is not None else "no checkpoint written yet"
+        can_restore = last is not None and self.parts.make_learner is not None
+        if t.on_learner_failure == "restore" and can_restore and self.learner_restores < t.actor_max_restarts:
+            assert last is not None and self.parts.make_learner is not None
+            self.learner_restores += 1
+            logger.error("%s; restoring the learner group from %s (restore %d of at most %d)",
+                         exc, last.path, self.learner_restores, t.actor_max_restarts)
+            try:
+                self.parts.learner.shutdown()
+            except Exception as down:  # noqa: BLE001 - the old group is being discarded anyway
+                logger.warning("shutting down the failed learner group: %s", down)
+            # A hung call may still hold the old thread; later steps must not queue behind it.
+            self._executor.shutdown(wait=False)
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-call")
+            try:
+                self.parts.learner = self.parts.make_learner()
+                self._restore(last)
+            except Exception as again:  # noqa: BLE001 - becomes the stop message
+                raise TrainingStopped(f"learner failed ({exc}) and restoring it from {last.path} failed too: "
+                                      f"{again}") from again
+            self.log.truncate(last.step)
+            return
+        why = ""
+        if t.on_learner_failure == "restore":
+            why = (" (no checkpoint to restore from)" if not can_restore
+                   else f" (gave up after {self.learner_restores} restores)")
+        hint = f"; continue with: scope-ray train --resume {self.run_dir}" if last is not None else ""
+        raise TrainingStopped(f"learner failed at step {self.step + 1}: {exc}. Stopped{why}; {where}{hint}") from exc
 
     # ------------------------------------------------------------------ loop
     def run(self, progress: Any = None) -> RunSummary:
@@ -205,6 +334,24 @@ class Trainer:
         elif t.eval_every > 0 or t.eval_at_end:
             summary.start_eval = self.evaluate()
             self.log.log(0, summary.start_eval)
+        while True:
+            try:
+                self._loop(summary, progress)
+                break
+            except Exception as exc:
+                if not _is_learner_failure(exc):
+                    raise
+                self._on_learner_failure(exc)
+        self._check_pending_sync()
+        summary.steps = self.step
+        summary.seconds = time.perf_counter() - started
+        self.log.close()
+        self._executor.shutdown(wait=False)
+        return summary
+
+    def _loop(self, summary: RunSummary, progress: Any) -> None:
+        """Steps from ``self.step`` to the end (re-entered after a learner restore)."""
+        t = self.cfg.trainer
         staleness = t.max_staleness if t.schedule == "stream" else 0
         stream = self._start_stream() if self.step < t.total_steps else None
         while self.step < t.total_steps:
@@ -221,7 +368,10 @@ class Trainer:
             self.step += 1
             skipped = bool(learner_metrics.get("skipped", False))
             self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
-            if not skipped:
+            if skipped:
+                logger.warning("step %d skipped: non-finite loss or gradient (%d in a row, stop at %d)",
+                               self.step, self.nonfinite_in_a_row, t.max_nonfinite_steps)
+            else:
                 self.version += 1
             sync_s = self.sync_weights(wait=next_stream is None) if not skipped else 0.0
             step_s = time.perf_counter() - step_t0
@@ -250,19 +400,14 @@ class Trainer:
                 last = ckpt.latest_valid(self.run_dir)
                 raise TrainingStopped(
                     f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient; "
-                    f"stopping. Last checkpoint: {last.path if last else 'none'}"
+                    f"stopping. Last checkpoint: {last.path if last else 'none'} "
+                    "(intact: skipped steps leave the weights unchanged)"
                 )
             if t.save_every > 0 and (self.step % t.save_every == 0 or self.step == t.total_steps):
                 self.save_checkpoint(prefetched=next_stream is not None)
             stream = next_stream if next_stream is not None else (
                 self._start_stream() if self.step < t.total_steps else None
             )
-        self._check_pending_sync()
-        summary.steps = self.step
-        summary.seconds = time.perf_counter() - started
-        self.log.close()
-        self._executor.shutdown(wait=False)
-        return summary
 
 
 def _first_eval(rows: list[dict[str, Any]], k: int) -> dict[str, float]:
@@ -270,6 +415,11 @@ def _first_eval(rows: list[dict[str, Any]], k: int) -> dict[str, float]:
         if f"eval/avg@{k}" in row:
             return {key: v for key, v in row.items() if key.startswith("eval/")}
     return {}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _is_number(v: Any) -> bool:
