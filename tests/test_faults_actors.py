@@ -1,0 +1,98 @@
+"""Rollout workers and teacher replicas killed mid-run (real Ray, vLLM, teacher, DeepSpeed).
+
+Each faulty run must end exactly like the fault-free baseline (tests/faults_support.py):
+same groups, counted once, same teacher scores, same losses. That holds only if a
+restarted rollout worker got the current weights before generating again and if lost
+teacher calls were scored again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from faults_support import (assert_same_steps, baseline_dir, fault_cfg, rows, run_trainer, train_rows,
+                            wait_restarted)
+from scope_ray.controller.stream import StepStream
+
+
+@pytest.fixture(scope="module")
+def baseline(ray_session, tiny_bootstrap, tmp_path_factory) -> Path:
+    return baseline_dir(tmp_path_factory, tiny_bootstrap)
+
+
+def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_bootstrap, baseline, tmp_path,
+                                                          monkeypatch) -> None:
+    finished = {"generate": 0}
+    original = StepStream._finish
+
+    def kill_then_finish(self: StepStream, ref: ray.ObjectRef) -> None:
+        if self._pending[ref].kind == "generate":
+            finished["generate"] += 1
+            # Step 1 has 4 generate calls; when the first of step 2 has returned, the
+            # worker is running or queueing the other 3: kill it under them.
+            if finished["generate"] == 5:
+                ray.kill(self.workers[0], no_restart=False)
+        original(self, ref)
+
+    def kill_between_steps(trainer: Any, step: int, metrics: dict) -> None:
+        if step == 2:
+            # Killed while idle, and back (from the initial model) before step 3 starts:
+            # only the policy version on its rollouts can tell.
+            w = trainer.parts.rollout_workers[0]
+            ray.kill(w, no_restart=False)
+            wait_restarted(w)
+
+    monkeypatch.setattr(StepStream, "_finish", kill_then_finish)
+    trainer, summary = run_trainer(fault_cfg(tiny_bootstrap, tmp_path), tmp_path, kill_between_steps)
+
+    assert summary.steps == 3
+    # 12 calls, at least one re-issued mid-step 2, all 4 of step 3 (stale version).
+    assert finished["generate"] >= 12 + 1 + 4
+    assert trainer.rollout_recoveries == 2  # one weight re-sync per restart, not per lost call
+    assert_same_steps(train_rows(tmp_path), train_rows(baseline))
+    steps = [r for r in rows(tmp_path) if "learner/loss" in r]
+    for r in steps:
+        # Every group of the step exactly once (the stream also checks the indices).
+        assert r["branch/correct_size"] + r["branch/incorrect_size"] == 16
+        # The learner recomputes what vLLM sampled: a worker on stale weights shows here.
+        assert r["learner/logp_gap"] < 1e-3
+
+
+def test_teacher_replicas_killed_while_scoring(ray_session, tiny_bootstrap, baseline, tmp_path,
+                                               monkeypatch) -> None:
+    """Two replicas. Step 2: replica 0 is killed under a scoring call and restarted by
+    Ray, which re-runs the call there. Step 3: replica 1 is killed for good; its call
+    goes to replica 0, and so does all later scoring."""
+    state: dict[str, Any] = {"step": 0, "killed": {}, "pid_after": None}
+    original = StepStream._send_score
+
+    def send_then_kill(self: StepStream, t: int, *args: Any, **kwargs: Any) -> None:
+        original(self, t, *args, **kwargs)
+        target = {2: 0, 3: 1}.get(state["step"] + 1)  # the step now running -> replica
+        if target == t and t not in state["killed"]:
+            teacher = self.teachers[t]
+            state["killed"][t] = ray.get(teacher.__ray_call__.remote(lambda self: os.getpid()))
+            ray.kill(teacher, no_restart=(t == 1))
+
+    def after_step(trainer: Any, step: int, metrics: dict) -> None:
+        state["step"] = step
+        if step == 2:
+            state["pid_after"] = ray.get(trainer.parts.teachers[0].__ray_call__.remote(lambda self: os.getpid()))
+
+    monkeypatch.setattr(StepStream, "_send_score", send_then_kill)
+    cfg = fault_cfg(tiny_bootstrap, tmp_path, extra=["teacher.num_replicas=2", "teacher.num_cpus=0.25"])
+    trainer, summary = run_trainer(cfg, tmp_path, after_step)
+
+    assert summary.steps == 3 and set(state["killed"]) == {0, 1}
+    # Replica 0 answered step 2's scores from a new process (restarted, not a survivor) ...
+    assert state["pid_after"] not in (None, state["killed"][0])
+    # ... and replica 1, dead for good, is skipped from then on.
+    assert trainer._dead_teachers == {1}
+    # Same scores, same losses as the fault-free run (one replica: batching differs, so
+    # floats are compared to 1e-5 relative).
+    assert_same_steps(train_rows(tmp_path), train_rows(baseline))

@@ -1,0 +1,151 @@
+"""The driver (``scope-ray train``, with the local Ray it starts) killed with SIGKILL.
+
+The run is resumed with ``--resume``: a checkpoint that the kill (or the disk) left
+damaged is reported and skipped, the run continues from the newest complete one, every
+step ends up logged exactly once, and no process of the killed run survives it. The
+same run checks that local mode serves no dashboard / job server and that the Ray auth
+token never reaches the logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from faults_support import rows
+from scope_ray.controller import checkpoint as ckpt
+
+DASHBOARD_PORT = 8265
+# Ray's per-node agents notice a dead raylet, then give up reporting it to the dead GCS
+# after about a minute; everything else goes within seconds.
+AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def _overrides(boot: Any, run_dir: Path) -> list[str]:
+    return [
+        f"model.student={boot.student_dir}", f"model.teacher={boot.teacher_dir}",
+        f"data.train_files=[{boot.train_file}]", "trainer.eval_every=0", "trainer.eval_at_end=false",
+        "trainer.prompts_per_step=4", "rollout.group_size=4", "model.max_response_tokens=48",
+        "trainer.save_every=1", "trainer.keep_checkpoints=2", "trainer.total_steps=4", "learner.lr=1e-3",
+        f"trainer.run_dir={run_dir}", "ray.num_cpus=4",
+    ]
+
+
+def _env() -> dict[str, str]:
+    # A fresh local Ray with its defaults (token auth on): not the test session's.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "scope_ray.cli", "train", *args]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert proc.poll() is None, f"driver exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.2)
+
+
+def _alive(procs: list[psutil.Process], skip: tuple[str, ...] = ()) -> list[str]:
+    out = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                name = " ".join(p.cmdline()[:1]) or p.name()
+                if not any(s in name for s in skip):
+                    out.append(f"{p.pid} {name}")
+    return out
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float, skip: tuple[str, ...] = ()) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while (left := _alive(procs, skip)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def _listening(procs: list[psutil.Process]) -> list[tuple[str, str, int]]:
+    found = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            for c in p.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    found.append((p.name(), c.laddr.ip, c.laddr.port))
+    return found
+
+
+def test_sigkilled_driver_resumes_from_last_good_checkpoint(tiny_bootstrap, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    out = open(tmp_path / "first.log", "w")  # noqa: SIM115 - closed below
+    first = subprocess.Popen(_cli(*_overrides(tiny_bootstrap, run_dir)), stdout=out, stderr=subprocess.STDOUT,
+                             env=_env(), start_new_session=True)
+    procs: list[psutil.Process] = []
+    try:
+        # Two checkpoints on disk, the run busy with step 3: kill it there.
+        _wait_for(ckpt.checkpoints_dir(run_dir) / "step_000002" / ckpt.MANIFEST, first, 600)
+        # Ray's processes, snapshotted while the driver lives (workers re-parent once
+        # their raylet is gone, so a later tree walk would miss them).
+        procs = psutil.Process(first.pid).children(recursive=True)
+        names = {_name(p) for p in procs}
+        listening = _listening(procs)
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        out.close()
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == -signal.SIGKILL
+    assert {"raylet", "gcs_server"} <= names, f"no local Ray under the driver: {names}"
+    assert not [x for x in listening if x[2] == DASHBOARD_PORT], f"dashboard serving: {listening}"
+
+    # Ray's core (GCS, raylet, the actors with their engines) dies with the driver.
+    core_left = _wait_gone(procs, 30, skip=AGENTS)
+    assert not core_left, f"still running after the driver's SIGKILL: {core_left}"
+
+    # The disk half-wrote the newest checkpoint: resume must skip it, with a warning.
+    newest = ckpt.latest_valid(run_dir)
+    assert newest is not None and newest.step >= 2
+    victim = newest.hf_dir / "model.safetensors"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+
+    second = subprocess.run(_cli("--resume", str(run_dir)), capture_output=True, text=True, env=_env(),
+                            timeout=600)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    assert f"skipping checkpoint {newest.path}" in log and "model.safetensors has" in log
+    assert f"resumed from {ckpt.checkpoints_dir(run_dir) / f'step_{newest.step - 1:06d}'}" in log
+
+    # Every step logged once, the last checkpoint complete, no staging leftovers.
+    assert [r["step"] for r in rows(run_dir) if "learner/loss" in r] == [1, 2, 3, 4]
+    assert ckpt.latest_valid(run_dir).step == 4
+    assert not list(ckpt.checkpoints_dir(run_dir).glob(".*.tmp"))
+
+    # Nothing of the killed run outlives the resumed one (the agents included).
+    left = _wait_gone(procs, 90)
+    assert not left, f"orphans of the killed run: {left}"
+
+    # Token auth was on (Ray's default, kept for local runs) and the token never logged.
+    token_file = Path.home() / ".ray" / "auth_token"
+    assert token_file.is_file()
+    token = token_file.read_text().strip()
+    texts = [log, (tmp_path / "first.log").read_text(), (run_dir / "train.log").read_text(),
+             (run_dir / "config.yaml").read_text()]
+    assert len(token) >= 16 and not any(token in t for t in texts)
+
+
+def _name(p: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        return p.name()
+    return ""

@@ -1,0 +1,69 @@
+"""Bad input to ``scope-ray train``: one line naming the key, no traceback, exit code 2,
+and nothing started (no Ray, no actor). Config values and paths are covered key by key
+in tests/test_config.py, dataset rows (fuzzed) in tests/test_dataset.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scope_ray.cli import main
+
+
+def _args(boot: Any, student: Path | str, teacher: Path | str, run_dir: Path) -> list[str]:
+    return ["train", f"model.student={student}", f"model.teacher={teacher}", f"data.train_files=[{boot.train_file}]",
+            f"trainer.run_dir={run_dir}"]
+
+
+def _copy_without(src: Path, dst: Path, *names: str) -> Path:
+    shutil.copytree(src, dst)
+    for n in names:
+        (dst / n).unlink()
+    return dst
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("no_config", "has no config.json (not an HF model dir)"),
+    ("no_weights", "has no weights (*.safetensors or pytorch_model*.bin)"),
+])
+def test_bad_model_dir_is_one_line(case: str, message: str, tiny_bootstrap, tmp_path, capsys) -> None:
+    teacher = Path(tiny_bootstrap.teacher_dir)
+    bad = {
+        "missing": lambda: tmp_path / "nope",
+        "no_config": lambda: _copy_without(teacher, tmp_path / "t", "config.json"),
+        "no_weights": lambda: _copy_without(teacher, tmp_path / "t", "model.safetensors"),
+    }[case]()
+    rc = main(_args(tiny_bootstrap, tiny_bootstrap.student_dir, bad, tmp_path / "run"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("scope-ray: config error: model.teacher: ") and message in err[0]
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_tokenizer_mismatch_is_one_line_before_ray_starts(tiny_bootstrap, tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    # Same model, tokenizer with one extra token: ids still line up, vocabularies do not.
+    teacher = Path(shutil.copytree(tiny_bootstrap.teacher_dir, tmp_path / "teacher"))
+    tok = AutoTokenizer.from_pretrained(teacher)
+    assert tok.add_tokens(["<not-in-the-student>"]) == 1
+    tok.save_pretrained(teacher)
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "scope_ray.cli", *_args(tiny_bootstrap, tiny_bootstrap.student_dir,
+                                                                         teacher, tmp_path / "run")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("scope-ray: config error: model.teacher: student tokenizer")
+    assert "'<not-in-the-student>'" in last
+    # Checked before Ray: no local cluster was started, no actor was built.
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
