@@ -90,15 +90,26 @@ def baseline_dir(tmp_path_factory: pytest.TempPathFactory, boot: Any) -> Path:
     return run_dir
 
 
-def wait_restarted(actor: Any, timeout_s: float = 300.0) -> None:
-    """Block until a killed actor answers again (Ray refuses calls while it restarts)."""
+def actor_pid(actor: Any, timeout_s: float = 300.0) -> int:
+    import os
+
+    import ray
+
+    return int(ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=timeout_s))
+
+
+def wait_restarted(actor: Any, old_pid: int, timeout_s: float = 300.0) -> int:
+    """Block until a killed actor answers from a new process (``ray.kill`` returns before
+    the old one is gone, and Ray refuses calls while the new one starts); its pid."""
     import ray
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            ray.get(actor.__ray_call__.remote(lambda self: None), timeout=timeout_s)
-            return
+            pid = actor_pid(actor, timeout_s)
+            if pid != old_pid:
+                return pid
         except ray.exceptions.ActorUnavailableError:
-            assert time.monotonic() < deadline, "actor did not come back"
-            time.sleep(0.5)
+            pass
+        assert time.monotonic() < deadline, "actor did not come back"
+        time.sleep(0.5)

@@ -8,6 +8,7 @@ teacher calls were scored again.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ from typing import Any
 import pytest
 import ray
 
-from faults_support import (assert_same_steps, baseline_dir, fault_cfg, rows, run_trainer, train_rows,
-                            wait_restarted)
+from faults_support import (actor_pid, assert_same_steps, baseline_dir, fault_cfg, rows, run_trainer,
+                            train_rows, wait_restarted)
 from scope_ray.controller.stream import StepStream
 
 
@@ -26,7 +27,7 @@ def baseline(ray_session, tiny_bootstrap, tmp_path_factory) -> Path:
 
 
 def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_bootstrap, baseline, tmp_path,
-                                                          monkeypatch) -> None:
+                                                          monkeypatch, caplog) -> None:
     finished = {"generate": 0}
     original = StepStream._finish
 
@@ -44,11 +45,18 @@ def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_boot
             # Killed while idle, and back (from the initial model) before step 3 starts:
             # only the policy version on its rollouts can tell.
             w = trainer.parts.rollout_workers[0]
+            pid = actor_pid(w)
             ray.kill(w, no_restart=False)
-            wait_restarted(w)
+            wait_restarted(w, pid)
 
     monkeypatch.setattr(StepStream, "_finish", kill_then_finish)
-    trainer, summary = run_trainer(fault_cfg(tiny_bootstrap, tmp_path), tmp_path, kill_between_steps)
+    with caplog.at_level(logging.WARNING, logger="scope_ray.controller"):
+        trainer, summary = run_trainer(fault_cfg(tiny_bootstrap, tmp_path), tmp_path, kill_between_steps)
+    warnings = [r.getMessage() for r in caplog.records]
+    # Both ways of noticing: calls lost with the actor (step 2), and rollouts that come
+    # back from the initial model (step 3: no call was lost, the version gives it away).
+    assert any("generate() failed, the actor died" in m for m in warnings)
+    assert any("returned policy version 0, expected 2" in m for m in warnings)
 
     assert summary.steps == 3
     # 12 calls, at least one re-issued mid-step 2, all 4 of step 3 (stale version).
