@@ -184,6 +184,7 @@ class Trainer:
         """
         t = self.cfg.trainer
         w = self.parts.rollout_workers[i]
+        t0 = time.perf_counter()
         held = self._wait_until_up(i, t.generate_timeout_s)
         if held == self.version:
             return held
@@ -195,7 +196,8 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - named and re-raised
             raise RemoteCallError(f"rollout worker {i}: update_weights() after a restart failed: {exc}") from exc
         self.rollout_recoveries += 1
-        logger.warning("rollout worker %d restarted; gave it the current weights (policy version %d)", i, self.version)
+        logger.warning("rollout worker %d restarted; gave it the current weights (policy version %d) after %.1f s",
+                       i, self.version, time.perf_counter() - t0)
         return self.version
 
     def _wait_until_up(self, i: int, limit: float) -> int:
@@ -301,6 +303,7 @@ class Trainer:
             self.learner_restores += 1
             logger.error("%s; restoring the learner group from %s (restore %d of at most %d)",
                          exc, last.path, self.learner_restores, t.actor_max_restarts)
+            t0 = time.perf_counter()
             try:
                 self.parts.learner.shutdown()
             except Exception as down:  # noqa: BLE001 - the old group is being discarded anyway
@@ -315,6 +318,7 @@ class Trainer:
                 raise TrainingStopped(f"learner failed ({exc}) and restoring it from {last.path} failed too: "
                                       f"{again}") from again
             self.log.truncate(last.step)
+            logger.warning("learner group restored at step %d in %.1f s", self.step, time.perf_counter() - t0)
             return
         why = ""
         if t.on_learner_failure == "restore":
