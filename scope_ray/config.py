@@ -98,6 +98,10 @@ class LearnerConfig:
     grad_clip: float = 1.0
     micro_batch_tokens: int = 16384
     gradient_checkpointing: bool = False
+    # pi_old in rho: "rollout" = the engine's log-probs of its own samples (exactly the
+    # behaviour policy, also under max_staleness=1); "recompute" = a learner forward pass
+    # before the step (verl's default; steadier when engine and learner numerics differ).
+    old_logp: Literal["rollout", "recompute"] = "rollout"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # e.g. {"learner_node": 1}
@@ -193,7 +197,8 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     from scope_ray.algo import ALGORITHMS
 
     m, r, t, lr, a, tr = cfg.model, cfg.rollout, cfg.teacher, cfg.learner, cfg.algorithm, cfg.trainer
-    _require(bool(m.student) == bool(m.teacher), "model.teacher" if m.student else "model.student",
+    grpo = a.name == "grpo"  # GRPO needs no teacher (its KL reference is the initial student)
+    _require(bool(m.student) == bool(m.teacher) or (grpo and m.student), "model.teacher" if m.student else "model.student",
              "set both model.student and model.teacher, or neither (embedded default)")
     for key, path in (("model.student", m.student), ("model.teacher", m.teacher)):
         if path and check_paths:

@@ -79,3 +79,38 @@ def test_resume_equals_uninterrupted(ray_session, tiny_bootstrap, uninterrupted,
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_to_train_batch_routes_scores_to_teacher_or_reference():
+    import numpy as np
+
+    from scope_ray.algo import get_algorithm
+    from scope_ray.controller.groups import weigh_groups
+    from scope_ray.controller.trainer import to_train_batch
+    from scope_ray.types import Rollout, RolloutGroup
+
+    rollouts = [Rollout([5, 6], np.array([-0.1, -0.2], np.float32), "x", "stop", 0) for _ in range(2)]
+    g = RolloutGroup("u", 0, [1, 2, 3], "1", "s", rollouts, rewards=[1.0, 0.0], reasons=["correct", "wrong"],
+                     teacher_logp=[np.array([-1.0, -2.0], np.float32)] * 2)
+    wb = weigh_groups(get_algorithm("grpo"), [g], tau=1.0, normalize="sum")
+    as_ref = to_train_batch(wb, pad_id=0, scores_are_reference=True)
+    assert torch.isnan(as_ref.teacher_logp).all()
+    assert as_ref.ref_logp[0, 3:5].tolist() == [-1.0, -2.0]
+    as_teacher = to_train_batch(wb, pad_id=0)
+    assert as_teacher.ref_logp is None and as_teacher.teacher_logp[1, 3:5].tolist() == [-1.0, -2.0]
+
+
+def test_grpo_without_teacher_uses_reference_and_recomputed_old_logp(ray_session, tiny_bootstrap, tmp_path):
+    boot = tiny_bootstrap
+    cfg = load_config(None, [
+        f"model.student={boot.student_dir}", f"data.train_files=[{boot.train_file}]",
+        "algorithm.name=grpo", "algorithm.kl_beta=0.1", "learner.old_logp=recompute",
+        "trainer.prompts_per_step=4", "rollout.group_size=4", "model.max_response_tokens=32",
+        "trainer.eval_every=0", "trainer.eval_at_end=false", "trainer.save_every=0", "trainer.total_steps=2",
+        f"trainer.run_dir={tmp_path}", "learner.lr=1e-3",
+    ])
+    run_training(cfg, tmp_path, None, show_progress=False)
+    rows = [r for r in _rows(tmp_path) if "learner/loss" in r]
+    assert len(rows) == 2
+    assert rows[0]["learner/logp_gap"] == 0.0  # old log-probs are the learner's own
+    assert "teacher/reverse_kl" not in rows[0]  # no teacher in GRPO

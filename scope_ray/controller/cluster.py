@@ -100,7 +100,10 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
     ]
     spec = get_algorithm(cfg.algorithm.name)
     teachers = []
-    if spec.needs_teacher:
+    # The scoring server serves the teacher (SCOPE, OPD) or, for GRPO's KL term, the
+    # frozen initial student as the reference policy.
+    scorer_dir = teacher_dir if spec.needs_teacher else student_dir
+    if spec.needs_teacher or (spec.needs_reference and cfg.algorithm.kl_beta > 0):
         on_gpu = t.num_gpus > 0
         teachers = [
             # Scoring is a pure function of its input: Ray retries a lost call on the
@@ -109,10 +112,10 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
                 num_cpus=t.num_cpus, num_gpus=t.num_gpus, resources=dict(t.resources), runtime_env=_quiet_env(),
                 max_restarts=restarts, max_task_retries=restarts,
             ).remote(
-                teacher_dir, backend=t.backend, max_batch_tokens=t.max_batch_tokens, max_wait_ms=t.max_wait_ms,
+                scorer_dir, backend=t.backend, max_batch_tokens=t.max_batch_tokens, max_wait_ms=t.max_wait_ms,
                 dtype=cfg.model.dtype, seed=cfg.trainer.seed,
                 max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
-                gpu_memory_utilization=0.85 if on_gpu else cpu_memory_fraction(CPU_ENGINE_GIB),
+                gpu_memory_utilization=t.gpu_memory_utilization if on_gpu else cpu_memory_fraction(CPU_ENGINE_GIB),
             )
             for _ in range(t.num_replicas)
         ]

@@ -31,7 +31,9 @@ class ResolvedInputs:
 def resolve_inputs(cfg: RunConfig) -> ResolvedInputs:
     """Model dirs and data files; for the embedded default, bootstrap them (cached)."""
     if not cfg.uses_embedded_models:
-        return ResolvedInputs(cfg.model.student, cfg.model.teacher, list(cfg.data.train_files), list(cfg.data.eval_files))
+        # GRPO may run without a teacher; the student then stands in for the checks.
+        teacher = cfg.model.teacher or cfg.model.student
+        return ResolvedInputs(cfg.model.student, teacher, list(cfg.data.train_files), list(cfg.data.eval_files))
     from scope_ray.bootstrap.build import BootstrapOptions, bootstrap, default_cache_dir
 
     opts = BootstrapOptions.tiny_for_tests() if cfg.bootstrap.preset == "tiny" else BootstrapOptions()

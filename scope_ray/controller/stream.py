@@ -102,11 +102,13 @@ class StepStream:
         recover_worker: WorkerRecovery | None = None,
         max_retries: int = 3,
         dead_teachers: set[int] | None = None,
+        kl_beta: float = 0.0,
     ) -> None:
         self.workers = list(rollout_workers)
         self.teachers = list(teachers)
         self.verify = verify
         self.spec = spec
+        self.kl_beta = kl_beta  # GRPO: > 0 sends every rollout to the reference scorer
         self.prompts_per_request = prompts_per_request
         self.group_size = group_size
         self.generate_timeout_s = generate_timeout_s
@@ -254,7 +256,7 @@ class StepStream:
                 self._submit_score(g)
 
     def _submit_score(self, group: RolloutGroup) -> None:
-        indices, reqs = teacher_requests(self.spec, group)
+        indices, reqs = teacher_requests(self.spec, group, self.kl_beta)
         if not reqs:
             group.teacher_logp = [None] * len(group.rollouts)
             self._groups.append(group)

@@ -77,19 +77,23 @@ class RunSummary:
     seconds: float = 0.0
 
 
-def to_train_batch(wb: WeightedBatch, pad_id: int):
+def to_train_batch(wb: WeightedBatch, pad_id: int, scores_are_reference: bool = False):
+    """Flatten B groups into one padded batch. The scoring server's log-probs are the
+    teacher's (SCOPE, OPD) or, for GRPO, the reference policy's (``ref_logp``)."""
     from scope_ray.batching import collate
 
-    prompt_ids, response_ids, old_logp, teacher_logp = [], [], [], []
+    prompt_ids, response_ids, old_logp, scores = [], [], [], []
     for g in wb.groups:
         for i, r in enumerate(g.rollouts):
             prompt_ids.append(g.prompt_ids)
             response_ids.append(r.response_ids)
             old_logp.append(r.response_logp)
-            t = g.teacher_logp[i] if g.teacher_logp else None
-            teacher_logp.append(t)
+            scores.append(g.teacher_logp[i] if g.teacher_logp else None)
+    unscored: list[None] = [None] * len(scores)
+    ref = scores if scores_are_reference and any(s is not None for s in scores) else None
     return collate(
-        prompt_ids=prompt_ids, response_ids=response_ids, old_logp=old_logp, teacher_logp=teacher_logp,
+        prompt_ids=prompt_ids, response_ids=response_ids, old_logp=old_logp,
+        teacher_logp=unscored if scores_are_reference else scores, ref_logp=ref,
         correct=wb.correct, rewards=wb.rewards, weights=wb.weights, group_index=wb.group_index, pad_id=pad_id,
     )
 
@@ -133,6 +137,7 @@ class Trainer:
             sequential=c.trainer.schedule == "sequential",
             policy_version=self.version, recover_worker=self.recover_rollout_worker,
             max_retries=c.trainer.actor_max_restarts, dead_teachers=self._dead_teachers,
+            kl_beta=c.algorithm.kl_beta if self.spec.needs_reference else 0.0,
         )
 
     def _start_stream(self) -> StepStream:
@@ -364,7 +369,11 @@ class Trainer:
             groups = stream.collect()
             clock = stream.clock
             wb = weigh_groups(self.spec, groups, tau=self.cfg.algorithm.tau, normalize=self.cfg.algorithm.normalize)
-            batch = to_train_batch(wb, self.parts.pad_id)
+            batch = to_train_batch(wb, self.parts.pad_id, scores_are_reference=self.spec.needs_reference)
+            if self.cfg.learner.old_logp == "recompute":
+                # verl's default: pi_old is the learner's own forward pass, not the
+                # engine's sampling log-probs (they differ under bf16 on GPUs).
+                batch.old_logp = self.parts.learner.compute_logprobs(batch)
             next_stream = None
             if staleness >= 1 and self.step + 1 < t.total_steps:
                 next_stream = self._start_stream()
