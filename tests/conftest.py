@@ -46,3 +46,12 @@ def cpu_kv_memory_fraction() -> float:
     """
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return min(0.5, 2.5 * (1 << 30) / total)
+
+
+@pytest.fixture(scope="session")
+def tiny_bootstrap(tmp_path_factory: pytest.TempPathFactory):
+    """The reduced bootstrap preset (task files, tiny teacher and student), built once per
+    session in a private cache. Returns ``BootstrapArtifacts``."""
+    from scope_ray.bootstrap.build import BootstrapOptions, bootstrap
+
+    return bootstrap(BootstrapOptions.tiny_for_tests(), tmp_path_factory.mktemp("bootstrap_cache"))

@@ -118,3 +118,29 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_factor(10, opts) == pytest.approx(1.0)
     assert lr_factor(55, opts) < lr_factor(30, opts)
     assert lr_factor(100, opts) == pytest.approx(0.1)
+
+
+def test_distill_offline_trains_on_teacher_samples(tiny_bootstrap, tmp_path, monkeypatch):
+    """Offline KD: the student is fine-tuned on what the teacher wrote (vLLM sampling is
+    stubbed; tests/test_bootstrap.py covers serving the models)."""
+    import scope_ray.bootstrap.sft as sft
+    from scope_ray.data.synthetic import read_problems
+
+    problems = read_problems(tiny_bootstrap.train_file)[:4]
+    samples = [(p, t) for p in problems for t in (p.solution, "I think \\boxed{-1}")]
+    monkeypatch.setattr(sft, "sample_targets", lambda *a, **k: samples)
+    seen: list = []
+    real_train = sft.train_sft
+
+    def spy(model, examples, opts, pad_id):
+        seen.extend(examples)
+        return real_train(model, examples, opts, pad_id)
+
+    monkeypatch.setattr(sft, "train_sft", spy)
+    out = sft.distill_offline(tiny_bootstrap.teacher_dir, tiny_bootstrap.student_dir, problems,
+                              tmp_path / "kd", SFTOptions(steps=2, batch_size=4, log_every=0),
+                              only_correct=True)
+    tok = build_tokenizer()
+    texts = [tok.decode(list(e.response_ids), skip_special_tokens=True) for e in seen]
+    assert sorted(texts) == sorted(p.solution for p in problems)  # wrong samples dropped
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()

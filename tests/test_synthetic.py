@@ -18,7 +18,7 @@ from scope_ray.data.synthetic import (
     write_parquet,
 )
 
-_STEP = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
+_STEP = re.compile(r"(\d+)([-+*])(\d+)=(\d+)\.")
 
 
 def _eval_question(question: str) -> int:

