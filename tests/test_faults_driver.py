@@ -137,6 +137,7 @@ def test_sigkilled_driver_resumes_from_last_good_checkpoint(tiny_bootstrap, tmp_
     assert not left, f"orphans of the killed run: {left}"
 
     # Token auth was on (Ray's default, kept for local runs) and the token never logged.
+    assert "(token auth: token)" in (tmp_path / "first.log").read_text()
     token_file = Path.home() / ".ray" / "auth_token"
     assert token_file.is_file()
     token = token_file.read_text().strip()
