@@ -1,15 +1,20 @@
-"""A hung remote call becomes an error naming the actor and the call, within its timeout
-from config (trainer.*_timeout_s), on every path: generation, scoring, the learner step,
-weight export, and the weight update on the rollout workers.
+"""Every way a run stops, on one set of real components (one start-up for the file):
+a hung remote call becomes an error naming the actor and the call within its timeout
+(trainer.*_timeout_s) on every path (generation, scoring, the learner step, weight
+export, the weight update on the rollout workers); repeated non-finite steps are skipped
+and then stop the run with its checkpoint intact; a killed learner rank stops it with a
+message naming the failure and the last checkpoint.
 
-The hang is real: the test makes the actor itself sleep through Ray's ``__ray_call__``
-(a sync actor runs one call at a time; on the async teacher a blocking call stalls its
+Hangs are real: the test makes the actor itself sleep through Ray's ``__ray_call__`` (a
+sync actor runs one call at a time; on the async teacher a blocking call stalls its
 event loop), so the call under test queues behind it. No production code is patched.
+The tests run in file order; the last one kills the learner.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +22,13 @@ from typing import Any
 
 import pytest
 import ray
+import torch
+from safetensors.torch import load_file
 
 from actors.learner import LearnerFailure, LearnerGroup
-from faults_support import fault_cfg
+from faults_support import fault_cfg, rows
 from scope_ray.config import RunConfig
+from scope_ray.controller import checkpoint as ckpt
 from scope_ray.controller.stream import RemoteCallError, StepStream
 from scope_ray.controller.trainer import Trainer, TrainingStopped
 
@@ -40,10 +48,16 @@ def _sleep_in(actor: Any, seconds: float) -> ray.ObjectRef:
     return actor.__ray_call__.remote(lambda self: time.sleep(seconds))
 
 
-def _trainer(boot: Any, parts: Any, run_dir: Path, **timeouts: float) -> Trainer:
-    cfg: RunConfig = fault_cfg(boot, run_dir, steps=1, extra=["trainer.save_every=0"])
-    cfg.trainer = dataclasses.replace(cfg.trainer, **timeouts)
-    return Trainer(cfg, run_dir, parts, None)
+def _trainer(boot: Any, parts: Any, run_dir: Path, steps: int = 1, extra: tuple[str, ...] = ("trainer.save_every=0",),
+             **timeouts: float) -> Trainer:
+    """A fresh trainer (policy version 0) on the shared components, with short timeouts."""
+    cfg: RunConfig = fault_cfg(boot, run_dir, steps=steps, extra=extra)
+    trainer = Trainer(cfg, run_dir, parts, None)
+    # Earlier tests moved the learner and the workers on: start everyone from the
+    # learner's current weights as version 0 (with the default, generous timeouts).
+    trainer.sync_weights()
+    trainer.cfg.trainer = dataclasses.replace(cfg.trainer, **timeouts)
+    return trainer
 
 
 def test_hung_generate(parts, tiny_bootstrap, tmp_path) -> None:
@@ -107,3 +121,62 @@ def test_hung_weight_update(parts, tiny_bootstrap, tmp_path) -> None:
         trainer.sync_weights()
     assert time.monotonic() - t0 < 4.0
     ray.get(sleep)
+
+
+def test_non_finite_steps_are_skipped_then_stop(parts, tiny_bootstrap, tmp_path, caplog) -> None:
+    def poison_logprobs(worker: Any) -> None:  # nested: pickled by value for the actor
+        core = worker.core
+        clean = core._logprobs
+        core._logprobs = lambda mb: clean(mb) * float("nan")
+
+    def poison_after_step_1(step: int, metrics: dict) -> None:
+        if step == 1:
+            # Inside the real learner actor: from now on its log-probs are NaN, as a
+            # diverged model's would be. The learner must skip, not apply, the steps.
+            ray.get(parts.learner.workers[0].__ray_call__.remote(poison_logprobs))
+
+    trainer = _trainer(tiny_bootstrap, parts, tmp_path, steps=5, extra=("trainer.max_nonfinite_steps=2",))
+    try:
+        with caplog.at_level(logging.WARNING, logger="scope_ray.controller.trainer"):
+            with pytest.raises(TrainingStopped) as info:
+                trainer.run(poison_after_step_1)
+    finally:
+        ray.get(parts.learner.workers[0].__ray_call__.remote(lambda w: w.core.__dict__.pop("_logprobs", None) and None))
+
+    msg = str(info.value)
+    assert "2 steps in a row had a non-finite loss or gradient" in msg
+    logged = rows(tmp_path)
+    assert [r["step"] for r in logged] == [1, 2, 3]
+    assert [r["learner/skipped"] for r in logged] == [0, 1, 1]
+    assert sum("step 2 skipped: non-finite" in r.getMessage() for r in caplog.records) == 1
+    # The checkpoint named in the message is complete, and the skipped step 2 left the
+    # weights exactly as step 1 made them.
+    last = ckpt.latest_valid(tmp_path)
+    assert last is not None and last.step == 2 and str(last.path) in msg
+    w1 = load_file(ckpt.checkpoints_dir(tmp_path) / "step_000001" / "hf" / "model.safetensors")
+    w2 = load_file(last.hf_dir / "model.safetensors")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_learner_killed_stops_with_failure_and_checkpoint(parts, tiny_bootstrap, tmp_path, monkeypatch) -> None:
+    """Last in the file: the learner stays dead."""
+    calls = {"n": 0}
+    original = LearnerGroup.train_step
+
+    def kill_then_train(self: LearnerGroup, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            ray.kill(self.workers[0], no_restart=False)
+        return original(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(LearnerGroup, "train_step", kill_then_train)
+    trainer = _trainer(tiny_bootstrap, parts, tmp_path, steps=3, extra=())
+    with pytest.raises(TrainingStopped) as info:
+        trainer.run()
+    msg = str(info.value)
+    assert "learner failed at step 2" in msg
+    assert "learner worker 0: train_step() failed, the actor died" in msg
+    last = ckpt.latest_valid(tmp_path)
+    assert last is not None and last.step == 1 and str(last.path) in msg
+    assert f"--resume {tmp_path}" in msg
+    assert [r["step"] for r in rows(tmp_path)] == [1]  # nothing logged for the failed step
