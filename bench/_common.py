@@ -1,0 +1,531 @@
+"""Shared plumbing of the bench scripts (not a benchmark itself).
+
+- :func:`prepare_inputs`: random-init tiny Qwen2 student and teacher
+  (:mod:`scope_ray.bootstrap.models`) and a synthetic task (:mod:`scope_ray.data.synthetic`),
+  cached under the work directory by their options, so every script and every repetition
+  does the same work with the same models, prompts and seeds.
+- :class:`Cluster`: the actors of one job started *once* (local Ray, in this process), and
+  :meth:`Cluster.trial` runs a whole ``Trainer`` on them. Before every trial the learner
+  is reloaded from a checkpoint taken at start (weights and optimizer), the rollout
+  workers get those weights back as policy version 0, and the prompt sampler is rewound:
+  every trial does the same work, and A/B/A/B repetitions cost no actor start-up.
+- Busy time per stage, measured on the actor side: Ray's task timeline gives the
+  execution span of every ``generate`` / ``update_weights`` / ``train_step`` /
+  ``export_weights`` call, and the teacher's ``stats()['forward_s']`` (polled after each
+  step) its compute time. Step boundaries are the times the trainer's progress callback
+  fires.
+- :func:`machine_info`: cores and ``uptime`` load, recorded with every figure (this is a
+  shared machine: only ratios measured side by side in one run mean anything).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+logger = logging.getLogger("bench")
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+DEFAULT_WORK_DIR = BENCH_DIR / ".cache"  # ignored by git (.gitignore: .cache/)
+
+# Small steps so a script's default run fits in a few minutes on a loaded 2-core CPU.
+SMALL_STEP = [
+    "trainer.prompts_per_step=8", "rollout.group_size=4", "model.max_response_tokens=48",
+    "trainer.eval_every=0", "trainer.eval_at_end=false", "trainer.save_every=0",
+]
+
+Interval = tuple[float, float]
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, load averages and the ``uptime`` line, taken now."""
+    try:
+        up = subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        up = ""
+    return {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()], "uptime": up,
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def load_line(tag: str) -> str:
+    info = machine_info()
+    one, five, fifteen = info["loadavg"]
+    return f"[{tag}] {info['cpus']} CPUs, load {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bench").setLevel(logging.INFO)
+
+
+def write_result(name: str, payload: dict[str, Any], out: Path | None = None) -> Path:
+    path = out or RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, sort_keys=False, default=_json_default) + "\n")
+    logger.info("wrote %s", path)
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def model_spec(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int):
+    from scope_ray.bootstrap.models import TinyModelSpec
+
+    return TinyModelSpec(hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
+                         intermediate_size=intermediate)
+
+
+def default_student():
+    from scope_ray.bootstrap.models import TinyModelSpec
+
+    return TinyModelSpec()  # hidden 128, 2 layers (the embedded student's shape)
+
+
+def default_teacher():
+    # The embedded teacher's shape: hidden 256, 4 layers; a teacher with some compute.
+    return model_spec(256, 4, 8, 2, 768)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    student_dir: Path
+    teacher_dir: Path
+    train_file: Path
+    test_file: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def overrides(self) -> list[str]:
+        return [f"model.student={self.student_dir}", f"model.teacher={self.teacher_dir}",
+                f"data.train_files=[{self.train_file}]", f"data.eval_files=[{self.test_file}]"]
+
+
+def prepare_inputs(work_dir: Path, *, seed: int = 0, n_train: int = 512, n_test: int = 16, level: int = 1,
+                   student: Any = None, teacher: Any = None, student_sft_steps: int = 0) -> Inputs:
+    """Random-init (optionally briefly SFT'd) student, random-init teacher, task files.
+
+    Cached under ``work_dir/inputs-<hash of the options>``; built in a temporary
+    directory and renamed into place, so an interrupted build is never reused.
+    ``student_sft_steps > 0`` trains the student that many SFT steps on the task's
+    correct solutions, so some of its rollouts verify as correct (SCOPE then sends
+    only the incorrect ones to the teacher); 0 keeps it random (every rollout wrong).
+    """
+    student = student or default_student()
+    teacher = teacher or default_teacher()
+    opts = {"seed": seed, "n_train": n_train, "n_test": n_test, "level": level, "student": asdict(student),
+            "teacher": asdict(teacher), "student_sft_steps": student_sft_steps, "version": 1}
+    key = hashlib.sha256(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:12]
+    root = work_dir / f"inputs-{key}"
+    if not (root / "COMPLETE").is_file():
+        work_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=work_dir))
+        try:
+            _build_inputs(tmp, opts, student, teacher)
+            (tmp / "COMPLETE").write_text(json.dumps(opts, indent=1))
+            shutil.rmtree(root, ignore_errors=True)
+            tmp.rename(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    meta = json.loads((root / "meta.json").read_text())
+    return Inputs(root / "student", root / "teacher", root / "data" / "train.parquet",
+                  root / "data" / "test.parquet", meta)
+
+
+def _build_inputs(out: Path, opts: dict[str, Any], student: Any, teacher: Any) -> None:
+    from scope_ray.bootstrap.models import init_model, save_model_dir
+    from scope_ray.data.synthetic import make_splits, write_parquet
+
+    t0 = time.perf_counter()
+    train, test = make_splits(opts["n_train"], opts["n_test"], opts["level"], opts["seed"])
+    write_parquet(train, out / "data" / "train.parquet", split="train")
+    write_parquet(test, out / "data" / "test.parquet", split="test")
+    meta: dict[str, Any] = dict(opts)
+    for name, spec, offset in (("teacher", teacher, 1), ("student", student, 2)):
+        model = init_model(spec, seed=opts["seed"] * 1000 + offset)
+        if name == "student" and opts["student_sft_steps"] > 0:
+            meta["student_sft_final_loss"] = _quick_sft(model, train, opts["student_sft_steps"], opts["seed"])
+        meta[f"{name}_params"] = sum(p.numel() for p in model.parameters())
+        save_model_dir(model, out / name)
+        del model
+    meta["build_s"] = round(time.perf_counter() - t0, 1)
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    logger.info("built inputs in %.1fs: %s", meta["build_s"], out)
+
+
+def _quick_sft(model: Any, problems: Sequence[Any], steps: int, seed: int) -> float:
+    from scope_ray.bootstrap.sft import SFTOptions, problem_examples, train_sft
+    from scope_ray.bootstrap.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    examples = problem_examples(problems, tok)
+    opts = SFTOptions(steps=steps, batch_size=32, lr=3e-3, warmup_steps=max(1, steps // 10), seed=seed)
+    result = train_sft(model, examples, opts, pad_id=tok.pad_token_id)
+    tail = result.losses[-5:] or [float("nan")]
+    return round(sum(tail) / len(tail), 4)
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def union(spans: Iterable[Interval]) -> list[Interval]:
+    out: list[Interval] = []
+    for a, b in sorted(s for s in spans if s[1] > s[0]):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def measure(spans: Iterable[Interval]) -> float:
+    return float(sum(b - a for a, b in union(spans)))
+
+
+def clip(spans: Iterable[Interval], lo: float, hi: float) -> list[Interval]:
+    return [(max(a, lo), min(b, hi)) for a, b in spans if b > lo and a < hi]
+
+
+def subtract(spans: Iterable[Interval], minus: Iterable[Interval]) -> list[Interval]:
+    """Parts of ``spans`` not covered by ``minus``."""
+    cut = union(minus)
+    out: list[Interval] = []
+    for a, b in union(spans):
+        cur = a
+        for c, d in cut:
+            if d <= cur or c >= b:
+                continue
+            if c > cur:
+                out.append((cur, c))
+            cur = max(cur, d)
+            if cur >= b:
+                break
+        if cur < b:
+            out.append((cur, b))
+    return out
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+def init_ray(num_cpus: int) -> None:
+    """A private local Ray in this process (logical CPUs are a scheduling budget)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Ray 2.60 turns token authentication on by default; a throwaway local cluster
+    # started and stopped by this process needs none.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def timeline_spans(t_lo: float, t_hi: float) -> dict[tuple[str, str], list[Interval]]:
+    """Execution spans (wall-clock seconds) of every actor task in [t_lo, t_hi], keyed by
+    (worker id, "Class.method")."""
+    import ray
+
+    out: dict[tuple[str, str], list[Interval]] = {}
+    for ev in ray.timeline():
+        cat = str(ev.get("cat", ""))
+        if not cat.startswith("task::") or ev.get("ph") != "X":
+            continue
+        a = float(ev["ts"]) / 1e6
+        b = a + float(ev.get("dur", 0.0)) / 1e6
+        if b < t_lo or a > t_hi:
+            continue
+        out.setdefault((str(ev.get("tid")), cat.removeprefix("task::")), []).append((a, b))
+    return out
+
+
+def spans_of(spans: dict[tuple[str, str], list[Interval]], method: str) -> dict[str, list[Interval]]:
+    """``{worker: spans}`` for one ``Class.method``."""
+    out: dict[str, list[Interval]] = {}
+    for (worker, name), s in spans.items():
+        if name == method:
+            out.setdefault(worker, []).extend(s)
+    return out
+
+
+def settle_timeline(seconds: float = 2.5) -> None:
+    """Task events reach the GCS about once a second; wait before reading the timeline."""
+    time.sleep(seconds)
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class StepRecord:
+    step: int
+    start: float  # wall clock (time.time())
+    end: float
+    metrics: dict[str, Any]
+    teacher_forward_s: float  # teacher compute during this step (stats() delta)
+    teacher_tokens: int  # real tokens the teacher scored during this step
+
+
+@dataclass
+class Trial:
+    name: str
+    overrides: list[str]
+    steps: list[StepRecord]
+    wall_s: float
+    rollout_workers: int
+    learner_workers: int
+    teacher_padded_tokens: int = 0
+    teacher_real_tokens: int = 0
+    teacher_batches: int = 0
+    spans: dict[tuple[str, str], list[Interval]] = field(default_factory=dict)
+    load: list[float] = field(default_factory=list)
+
+
+class Cluster:
+    """One job's actors, started once; trials run whole trainers on them."""
+
+    def __init__(self, inputs: Inputs, overrides: Sequence[str], work_dir: Path, *, num_cpus: int = 16) -> None:
+        from scope_ray.config import load_config
+        from scope_ray.controller.launch import start_components
+
+        self.inputs = inputs
+        self.base = [*inputs.overrides(), *overrides]
+        self.work_dir = work_dir
+        self.cfg = load_config(None, self.base)
+        init_ray(num_cpus)
+        t0 = time.perf_counter()
+        self.parts = start_components(self.cfg)
+        logger.info("actors up in %.1fs (%d rollout, %d teacher, %d learner)", time.perf_counter() - t0,
+                    len(self.parts.rollout_workers), len(self.parts.teachers), self.parts.learner.world_size)
+        self._sampler_state = self.parts.train_sampler.state_dict()
+        self._learners: dict[str, Any] = {"default": self.parts.learner}
+        self._initial: dict[str, Path] = {}
+        self._save_initial("default")
+        self._runs = 0
+
+    def add_learner(self, key: str, overrides: Sequence[str]) -> None:
+        """Another learner group on the same rollout workers and teacher (e.g. another
+        algorithm, or another number of ranks), from the same initial student."""
+        from actors.learner import LearnerGroup
+        from scope_ray.config import load_config
+        from scope_ray.learner import LearnerOptions
+
+        cfg = load_config(None, [*self.base, *overrides])
+        self._learners[key] = LearnerGroup(
+            str(self.inputs.student_dir), LearnerOptions.from_run_config(cfg), num_workers=cfg.learner.num_workers,
+            timeout_s=cfg.trainer.train_timeout_s, resources=dict(cfg.learner.resources))
+        self._save_initial(key)
+
+    def _save_initial(self, key: str) -> None:
+        path = self.work_dir / "initial" / key
+        shutil.rmtree(path, ignore_errors=True)
+        self._learners[key].save_checkpoint(str(path), timeout_s=600)
+        self._initial[key] = path
+
+    def _reset(self, key: str) -> None:
+        """Learner back to the initial checkpoint, workers to its weights (version 0),
+        sampler rewound: the next trial repeats the same work."""
+        import ray
+
+        learner = self._learners[key]
+        learner.load_checkpoint(str(self._initial[key]), timeout_s=600)
+        blobs = ray.put(learner.export_weights(self.cfg.rollout.weight_bucket_mb, timeout_s=600))
+        ray.get([w.update_weights.remote(blobs, 0) for w in self.parts.rollout_workers], timeout=600)
+        self.parts.train_sampler.load_state_dict(dict(self._sampler_state))
+
+    def teacher_stats(self) -> dict[str, float]:
+        import ray
+
+        total: dict[str, float] = {}
+        for t in self.parts.teachers:
+            for k, v in ray.get(t.stats.remote(), timeout=60).items():
+                total[k] = total.get(k, 0.0) + float(v)
+        return total
+
+    def trial(self, name: str, overrides: Sequence[str], *, learner: str = "default",
+              rollout_workers: int | None = None) -> Trial:
+        from scope_ray.config import load_config
+        from scope_ray.controller.trainer import Trainer
+
+        self._reset(learner)
+        self._runs += 1
+        run_dir = self.work_dir / "runs" / f"{self._runs:03d}-{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cfg = load_config(None, [*self.base, *overrides, f"trainer.run_dir={run_dir}"])
+        workers = self.parts.rollout_workers[: rollout_workers or len(self.parts.rollout_workers)]
+        parts = replace(self.parts, learner=self._learners[learner], rollout_workers=workers)
+        records: list[StepRecord] = []
+        before = self.teacher_stats() if self.parts.teachers else {}
+        last = {"t": time.time(), "stats": before}
+
+        def on_step(step: int, metrics: dict[str, Any]) -> None:
+            now = time.time()
+            stats = self.teacher_stats() if self.parts.teachers else {}
+            prev = last["stats"]
+            records.append(StepRecord(step, last["t"], now, dict(metrics),
+                                      stats.get("forward_s", 0.0) - prev.get("forward_s", 0.0),
+                                      int(stats.get("real_tokens", 0) - prev.get("real_tokens", 0))))
+            last["t"], last["stats"] = time.time(), stats
+
+        load0 = os.getloadavg()[0]
+        t0 = time.time()
+        Trainer(cfg, run_dir, parts, None).run(on_step)
+        wall = time.time() - t0
+        after = self.teacher_stats() if self.parts.teachers else {}
+        logger.info("trial %s: %d steps in %.1fs", name, len(records), wall)
+        return Trial(
+            name=name, overrides=list(overrides), steps=records, wall_s=wall, rollout_workers=len(workers),
+            learner_workers=self._learners[learner].world_size,
+            teacher_padded_tokens=int(after.get("padded_tokens", 0) - before.get("padded_tokens", 0)),
+            teacher_real_tokens=int(after.get("real_tokens", 0) - before.get("real_tokens", 0)),
+            teacher_batches=int(after.get("batches", 0) - before.get("batches", 0)),
+            load=[load0, os.getloadavg()[0]],
+        )
+
+    def close(self) -> None:
+        import ray
+
+        from scope_ray.controller import cluster
+
+        for key, lg in self._learners.items():
+            if key != "default":
+                try:
+                    lg.shutdown()
+                except Exception as exc:  # noqa: BLE001 - best effort at exit
+                    logger.warning("learner %s shutdown: %s", key, exc)
+        cluster.shutdown(self.parts)
+        ray.shutdown()
+
+
+def attach_spans(trials: Sequence[Trial]) -> None:
+    """Read Ray's task timeline once and give every trial its own spans."""
+    if not trials:
+        return
+    settle_timeline()
+    lo = min(t.steps[0].start for t in trials if t.steps) - 1.0
+    hi = max(t.steps[-1].end for t in trials if t.steps) + 1.0
+    allspans = timeline_spans(lo, hi)
+    for t in trials:
+        if not t.steps:
+            continue
+        a, b = t.steps[0].start, t.steps[-1].end
+        t.spans = {k: clip(v, a, b) for k, v in allspans.items() if clip(v, a, b)}
+
+
+# --------------------------------------------------------------------------- per-step stage busy time
+
+GENERATE = "RolloutWorker.generate"
+UPDATE = "RolloutWorker.update_weights"
+TRAIN = "LearnerWorker.train_step"
+EXPORT = "LearnerWorker.export_weights"
+SCORE = "TeacherServer.score"
+
+
+def _per_actor_mean_busy(spans: dict[str, list[Interval]], lo: float, hi: float, n_actors: int) -> float:
+    """Busy seconds per actor of a stage in [lo, hi]: summed over its actors / count."""
+    if n_actors <= 0:
+        return 0.0
+    return sum(measure(clip(s, lo, hi)) for s in spans.values()) / n_actors
+
+
+def step_breakdown(trial: Trial, rec: StepRecord) -> dict[str, float]:
+    """Wall step time and the actor-side busy time of each stage within one step."""
+    lo, hi = rec.start, rec.end
+    gen = spans_of(trial.spans, GENERATE)
+    upd = spans_of(trial.spans, UPDATE)
+    train = spans_of(trial.spans, TRAIN)
+    export = spans_of(trial.spans, EXPORT)
+    score = spans_of(trial.spans, SCORE)
+    all_gen = [s for v in gen.values() for s in v]
+    all_train = [s for v in train.values() for s in v]
+    all_sync = [s for v in (*upd.values(), *export.values()) for s in v]
+    all_score = [s for v in score.values() for s in v]
+    m = rec.metrics
+    out = {
+        "step_s": hi - lo,
+        "generate_busy_s": _per_actor_mean_busy(gen, lo, hi, trial.rollout_workers),
+        "score_busy_s": rec.teacher_forward_s,  # teacher compute (forward passes)
+        "score_occupancy_s": measure(clip(all_score, lo, hi)),  # some score() call in flight
+        "train_busy_s": _per_actor_mean_busy(train, lo, hi, trial.learner_workers),
+        "sync_busy_s": measure(clip(all_sync, lo, hi)),  # export on the learner + load on the workers
+        "score_not_overlapped_gen_s": measure(subtract(clip(all_score, lo, hi), all_gen)),
+        "score_alone_s": measure(subtract(clip(all_score, lo, hi), all_gen + all_train + all_sync)),
+        "teacher_tokens": float(rec.teacher_tokens),
+        # what the trainer itself logs for this step
+        "logged_step_s": float(m.get("time/step_s", float("nan"))),
+        "logged_generate_s": float(m.get("time/generate_s", float("nan"))),
+        "logged_generate_busy_s": float(m.get("time/generate_busy_s", float("nan"))),
+        "logged_score_busy_s": float(m.get("time/score_busy_s", float("nan"))),
+        "logged_train_s": float(m.get("time/train_s", float("nan"))),
+        "logged_sync_s": float(m.get("time/sync_s", float("nan"))),
+        "logged_verify_s": float(m.get("time/verify_s", float("nan"))),
+        "rollout_tokens": float(m.get("rollout/tokens", float("nan"))),
+        "scored_tokens": float(m.get("teacher/scored_tokens", float("nan"))),
+        "accuracy": float(m.get("rollout/accuracy", float("nan"))),
+    }
+    stages = {k: out[k] for k in ("generate_busy_s", "score_busy_s", "train_busy_s", "sync_busy_s")}
+    out["busiest_stage_s"] = max(stages.values())
+    out["busiest_stage"] = max(stages, key=stages.__getitem__)  # type: ignore[assignment]
+    return out
+
+
+def trial_summary(trial: Trial, skip_first: int = 1, skip_last: int = 1) -> dict[str, Any]:
+    """Means over the trial's steady steps: without the first ``skip_first`` (pipeline
+    fill) and the last ``skip_last`` (drain: under max_staleness=1 the last step has no
+    next step generating beside it, so it is shorter than a steady one)."""
+    rows = [step_breakdown(trial, r) for r in trial.steps]
+    steady = rows[skip_first : len(rows) - skip_last] or rows
+    keys = [k for k, v in steady[0].items() if isinstance(v, (int, float))]
+    mean = {k: sum(r[k] for r in steady) / len(steady) for k in keys}
+    stages = {k: mean[k] for k in ("generate_busy_s", "score_busy_s", "train_busy_s", "sync_busy_s")}
+    mean["busiest_stage_s"] = max(stages.values())
+    busiest = max(stages, key=stages.__getitem__)
+    mean["step_over_busiest"] = mean["step_s"] / max(mean["busiest_stage_s"], 1e-9)
+    mean["tokens_per_s"] = mean["rollout_tokens"] / max(mean["step_s"], 1e-9)
+    return {"name": trial.name, "overrides": trial.overrides, "steps": len(trial.steps),
+            "steady_steps": len(steady), "busiest_stage": busiest, "mean": mean, "per_step": rows,
+            "wall_s": trial.wall_s, "load": trial.load, "rollout_workers": trial.rollout_workers,
+            "learner_workers": trial.learner_workers, "teacher_padded_tokens": trial.teacher_padded_tokens,
+            "teacher_real_tokens": trial.teacher_real_tokens, "teacher_batches": trial.teacher_batches}
+
+
+def median(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    if n == 0:
+        return float("nan")
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def interleave(names: Sequence[T], reps: int) -> list[tuple[int, T]]:
+    """A B C, C B A, A B C, ...: alternating order so slow drift in the machine's load
+    hits every variant alike."""
+    order: list[tuple[int, T]] = []
+    for r in range(reps):
+        seq = list(names) if r % 2 == 0 else list(reversed(names))
+        order.extend((r, n) for n in seq)
+    return order

@@ -1,0 +1,154 @@
+"""Pipeline benchmark: the same work under three controller schedules, side by side.
+
+    .venv/bin/python bench/pipeline.py                       # default: 6 steps x 3 reps
+    .venv/bin/python bench/pipeline.py --steps 8 --reps 3 trainer.prompts_per_step=16
+
+Schedules (``trainer.schedule`` / ``trainer.max_staleness``):
+
+- ``sequential``: generate every group, then score every group, then train, then sync;
+- ``stream_s0``: teacher scoring streams behind generation, strictly on-policy;
+- ``stream_s1``: as stream_s0, and the next step generates (and is scored) while the
+  learner trains (one policy version of lag).
+
+One set of actors serves every trial (the learner is reloaded from its initial
+checkpoint and the rollout workers get those weights back before each trial), trials
+alternate A B C / C B A, and the first and last step of every trial (pipeline fill and
+drain) are left out of the means. Stage busy time is measured on the actor side (Ray task timeline; teacher
+forward time from its ``stats()``); the trainer's own ``time/*`` metrics are reported
+next to it. Targets: streamed step time within 1.25x of the busiest stage;
+stream_s1 >= 1.3x faster than sequential.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    DEFAULT_WORK_DIR, SMALL_STEP, Cluster, attach_spans, interleave, load_line, machine_info, median,
+    prepare_inputs, setup_logging, trial_summary, write_result,
+)
+
+logger = logging.getLogger("bench.pipeline")
+
+SCHEDULES: dict[str, list[str]] = {
+    "sequential": ["trainer.schedule=sequential", "trainer.max_staleness=0"],
+    "stream_s0": ["trainer.schedule=stream", "trainer.max_staleness=0"],
+    "stream_s1": ["trainer.schedule=stream", "trainer.max_staleness=1"],
+}
+RATIO_TARGET = 1.25
+SPEEDUP_TARGET = 1.3
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=6, help="steps per trial")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each schedule (alternating order)")
+    ap.add_argument("--warmup-steps", type=int, default=2, help="a discarded warm-up trial first (0: none)")
+    ap.add_argument("--skip-first", type=int, default=1, help="first steps of a trial left out of the means (fill)")
+    ap.add_argument("--skip-last", type=int, default=1, help="last steps of a trial left out of the means (drain)")
+    ap.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
+    ap.add_argument("--out", type=Path, help="JSON path (default bench/results/pipeline.json)")
+    ap.add_argument("--num-cpus", type=int, default=16, help="logical CPUs of the private local Ray")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="dotted config overrides for every trial")
+    return ap.parse_args(argv)
+
+
+def _core_bound(m: dict[str, float]) -> float:
+    busy = m["generate_busy_s"] + m["score_busy_s"] + m["train_busy_s"] + m["sync_busy_s"]
+    return busy / (os.cpu_count() or 1)
+
+
+def compare(summaries: list[dict[str, Any]], reps: int) -> dict[str, Any]:
+    """Per-repetition ratios (side by side), then their medians."""
+    by = {(s["rep"], s["name"]): s for s in summaries}
+    out: dict[str, Any] = {}
+    for name in SCHEDULES:
+        mine = [by[(r, name)]["mean"] for r in range(reps)]
+        speedups = [by[(r, "sequential")]["mean"]["step_s"] / m["step_s"] for r, m in enumerate(mine)]
+        out[name] = {
+            "step_s": median([m["step_s"] for m in mine]),
+            "generate_busy_s": median([m["generate_busy_s"] for m in mine]),
+            "score_busy_s": median([m["score_busy_s"] for m in mine]),
+            "train_busy_s": median([m["train_busy_s"] for m in mine]),
+            "sync_busy_s": median([m["sync_busy_s"] for m in mine]),
+            "busiest_stage_s": median([m["busiest_stage_s"] for m in mine]),
+            "step_over_busiest": median([m["step_over_busiest"] for m in mine]),
+            "step_over_busiest_per_rep": [m["step_over_busiest"] for m in mine],
+            # All stages' busy time spread over every core: on a machine with fewer cores
+            # than busy actors this, not the busiest stage, is the floor.
+            "core_bound_s": median([_core_bound(m) for m in mine]),
+            "step_over_bound": median([m["step_s"] / max(m["busiest_stage_s"], _core_bound(m)) for m in mine]),
+            "speedup_vs_sequential": median(speedups),
+            "speedup_vs_sequential_per_rep": speedups,
+            "logged": {k: median([m[k] for m in mine]) for k in mine[0] if k.startswith("logged_")},
+            "score_not_overlapped_gen_s": median([m["score_not_overlapped_gen_s"] for m in mine]),
+            "tokens_per_s": median([m["tokens_per_s"] for m in mine]),
+            "busiest_stage": [by[(r, name)]["busiest_stage"] for r in range(reps)],
+        }
+    return out
+
+
+def print_table(cmp: dict[str, Any], info_before: dict[str, Any], info_after: dict[str, Any]) -> None:
+    print(f"\npipeline: medians over reps of per-trial steady-state means; machine {info_before['cpus']} CPUs, "
+          f"load {info_before['loadavg']} -> {info_after['loadavg']}")
+    print(f"{'schedule':<11} {'step s':>7} {'gen':>6} {'score':>6} {'train':>6} {'sync':>6} "
+          f"{'step/busiest':>12} {'step/bound':>10} {'x vs seq':>8}   logged: {'gen_busy':>8} {'score_busy':>10} "
+          f"{'train':>6} {'sync':>6}")
+    for name, c in cmp.items():
+        lg = c["logged"]
+        print(f"{name:<11} {c['step_s']:7.2f} {c['generate_busy_s']:6.2f} {c['score_busy_s']:6.2f} "
+              f"{c['train_busy_s']:6.2f} {c['sync_busy_s']:6.2f} {c['step_over_busiest']:12.2f} "
+              f"{c['step_over_bound']:10.2f} "
+              f"{c['speedup_vs_sequential']:8.2f}   {'':8}{lg['logged_generate_busy_s']:8.2f} "
+              f"{lg['logged_score_busy_s']:10.2f} {lg['logged_train_s']:6.2f} {lg['logged_sync_s']:6.2f}")
+    print("gen/score/train/sync: actor-side busy seconds per step (teacher: forward time); step/bound: step time over "
+          "max(busiest stage, all stages' busy time / CPU count)")
+    s0, s1 = cmp["stream_s0"], cmp["stream_s1"]
+    print(f"target streamed step/busiest <= {RATIO_TARGET}: stream_s0 {s0['step_over_busiest']:.2f} "
+          f"({'met' if s0['step_over_busiest'] <= RATIO_TARGET else 'NOT met'}), stream_s1 "
+          f"{s1['step_over_busiest']:.2f} ({'met' if s1['step_over_busiest'] <= RATIO_TARGET else 'NOT met'})")
+    print(f"target stream_s1 >= {SPEEDUP_TARGET}x vs sequential: {s1['speedup_vs_sequential']:.2f}x "
+          f"({'met' if s1['speedup_vs_sequential'] >= SPEEDUP_TARGET else 'NOT met'}); per rep "
+          + ", ".join(f"{x:.2f}" for x in s1["speedup_vs_sequential_per_rep"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    info_before = machine_info()
+    logger.info("%s", load_line("start"))
+    inputs = prepare_inputs(args.work_dir)
+    cluster = Cluster(inputs, [*SMALL_STEP, *args.overrides], args.work_dir / "pipeline", num_cpus=args.num_cpus)
+    trials, reps = [], []
+    try:
+        if args.warmup_steps:
+            cluster.trial("warmup", [*SCHEDULES["stream_s1"], f"trainer.total_steps={args.warmup_steps}"])
+        for rep, name in interleave(list(SCHEDULES), args.reps):
+            logger.info("rep %d: %s  %s", rep, name, load_line("now"))
+            trials.append(cluster.trial(name, [*SCHEDULES[name], f"trainer.total_steps={args.steps}"]))
+            reps.append(rep)
+    finally:
+        attach_spans(trials)
+        cluster.close()
+    info_after = machine_info()
+    summaries = [dict(trial_summary(t, args.skip_first, args.skip_last), rep=r) for t, r in zip(trials, reps)]
+    cmp = compare(summaries, args.reps)
+    print_table(cmp, info_before, info_after)
+    write_result("pipeline", {
+        "command": " ".join(["bench/pipeline.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine_before": info_before, "machine_after": info_after, "inputs": inputs.meta,
+        "settings": vars(args) | {"work_dir": str(args.work_dir), "out": str(args.out)},
+        "targets": {"step_over_busiest_max": RATIO_TARGET, "stream_s1_speedup_min": SPEEDUP_TARGET},
+        "comparison": cmp, "trials": summaries,
+    }, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
