@@ -78,7 +78,10 @@ def test_half_written_cache_without_marker_is_rebuilt(tmp_path):
     root = tmp_path / f"bootstrap-{opts.cache_key()}"
     (root / "student").mkdir(parents=True)
     (root / "student" / "config.json").write_text("{truncated")
+    killed = tmp_path / f".{root.name}.tmp-killed"  # a build that was SIGKILLed
+    (killed / "teacher").mkdir(parents=True)
     art = bootstrap(opts, tmp_path)
+    assert not killed.exists()
     assert art.cache_dir == root and is_complete(root)
     assert json.loads((root / "student" / "config.json").read_text())["model_type"] == "qwen2"
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no temp dirs left

@@ -69,7 +69,7 @@ class BootstrapOptions:
     # The teacher trains past the sudden drop in loss (around step 150-200) to ~0.002;
     # the student stops early, mid-way up its learning curve, so RL has room to help.
     teacher_sft: SFTOptions = SFTOptions(steps=280, batch_size=64, lr=2e-3, warmup_steps=15)
-    student_sft: SFTOptions = SFTOptions(steps=120, batch_size=64, lr=2e-3, warmup_steps=10)
+    student_sft: SFTOptions = SFTOptions(steps=150, batch_size=64, lr=2e-3, warmup_steps=10)
     # Measure teacher greedy accuracy and student avg@K / pass@K on the test split after
     # building (stored in metrics.json; `scope-ray bootstrap` prints them).
     evaluate: bool = True
@@ -164,6 +164,10 @@ def bootstrap(opts: BootstrapOptions, cache_dir: Path | str | None = None, *,
         if root.exists():
             logger.warning("removing %s %s", "old" if force else "incomplete", root)
             shutil.rmtree(root)
+        # Temp dirs of builds that were killed (SIGKILL runs no cleanup); we hold the
+        # lock, so none of them belongs to a live build.
+        for stale in cache.glob(f".{root.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=cache))
         try:
             build_into(tmp, opts)
