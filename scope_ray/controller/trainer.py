@@ -116,6 +116,7 @@ class Trainer:
         # The latest weights pushed to the rollout workers (None: still the initial
         # model), kept so a restarted worker can be brought up to date.
         self._latest_blobs: ray.ObjectRef | None = None
+        self._latest_version = 0  # the version those weights carry
         self._dead_teachers: set[int] = set()
         self.rollout_recoveries = 0  # weight re-syncs of restarted rollout workers
         self.learner_restores = 0
@@ -158,7 +159,7 @@ class Trainer:
         self._check_pending_sync()
         blobs = self.parts.learner.export_weights(self.cfg.rollout.weight_bucket_mb,
                                                   timeout_s=self.cfg.trainer.sync_timeout_s)
-        self._latest_blobs = ray.put(blobs)
+        self._latest_blobs, self._latest_version = ray.put(blobs), self.version
         self._pending_sync = [w.update_weights.remote(self._latest_blobs, self.version)
                               for w in self.parts.rollout_workers]
         if wait:
@@ -191,19 +192,21 @@ class Trainer:
         w = self.parts.rollout_workers[i]
         t0 = time.perf_counter()
         held = self._wait_until_up(i, t.generate_timeout_s)
-        if held == self.version:
+        # The newest weights sent out, with the version they carry (during a sync,
+        # self.version is already one ahead of them; the sync itself catches up).
+        if held == self._latest_version:
             return held
         if self._latest_blobs is None:
             raise RemoteCallError(f"rollout worker {i} holds policy version {held}, the trainer {self.version}, "
                                   "and there are no weights to send it")
         try:
-            ray.get(w.update_weights.remote(self._latest_blobs, self.version), timeout=t.sync_timeout_s)
+            ray.get(w.update_weights.remote(self._latest_blobs, self._latest_version), timeout=t.sync_timeout_s)
         except Exception as exc:  # noqa: BLE001 - named and re-raised
             raise RemoteCallError(f"rollout worker {i}: update_weights() after a restart failed: {exc}") from exc
         self.rollout_recoveries += 1
         logger.warning("rollout worker %d restarted; gave it the current weights (policy version %d) after %.1f s",
-                       i, self.version, time.perf_counter() - t0)
-        return self.version
+                       i, self._latest_version, time.perf_counter() - t0)
+        return self._latest_version
 
     def _wait_until_up(self, i: int, limit: float) -> int:
         """Rollout worker ``i``'s policy version once it answers; a restarting actor
