@@ -67,3 +67,32 @@ def test_tokenizer_mismatch_is_one_line_before_ray_starts(tiny_bootstrap, tmp_pa
     assert "'<not-in-the-student>'" in last
     # Checked before Ray: no local cluster was started, no actor was built.
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+
+
+def test_a_stopped_run_is_one_line_and_exit_3(tiny_bootstrap, tmp_path, capsys, monkeypatch) -> None:
+    """The CLI's side of a deliberate stop (learner failure, non-finite steps): the
+    stops themselves are run for real in tests/test_faults_stop.py."""
+    import logging
+
+    from scope_ray.controller import launch
+    from scope_ray.controller.trainer import TrainingStopped
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        raise TrainingStopped("learner failed at step 2: learner worker 0: train_step() failed. Stopped; "
+                              "last checkpoint: /x/step_000001")
+
+    monkeypatch.setattr(launch, "run_training", stopped)
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        rc = main(_args(tiny_bootstrap, tiny_bootstrap.student_dir, tiny_bootstrap.teacher_dir, tmp_path / "run"))
+    finally:
+        for h in [h for h in root.handlers if h not in before]:  # train.log handler
+            root.removeHandler(h)
+            h.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3
+    assert err[-1] == ("scope-ray: training stopped: learner failed at step 2: learner worker 0: train_step() failed. "
+                       "Stopped; last checkpoint: /x/step_000001")
+    assert "Traceback" not in "\n".join(err)
+    assert "training stopped" in (tmp_path / "run" / "train.log").read_text()
