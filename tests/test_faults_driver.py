@@ -150,3 +150,14 @@ def _name(p: psutil.Process) -> str:
     with contextlib.suppress(psutil.Error):
         return p.name()
     return ""
+
+
+def test_torn_metrics_line_is_skipped_on_resume(tmp_path, caplog) -> None:
+    """A SIGKILL mid-write can leave half a JSON line at the end of metrics.jsonl."""
+    from scope_ray.controller.run_logger import RunLogger
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "learner/loss": 0.5}\n{"step": 2, "learner/lo')
+    log = RunLogger(tmp_path, resume_step=1)
+    log.close()
+    assert [r["step"] for r in log.read()] == [1]
+    assert any("not valid JSON" in r.getMessage() for r in caplog.records)
