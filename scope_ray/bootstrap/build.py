@@ -69,7 +69,7 @@ class BootstrapOptions:
     # The teacher trains past the sudden drop in loss (around step 150-200) to ~0.002;
     # the student stops early, mid-way up its learning curve, so RL has room to help.
     teacher_sft: SFTOptions = SFTOptions(steps=280, batch_size=64, lr=2e-3, warmup_steps=15)
-    student_sft: SFTOptions = SFTOptions(steps=150, batch_size=64, lr=2e-3, warmup_steps=10)
+    student_sft: SFTOptions = SFTOptions(steps=120, batch_size=64, lr=2e-3, warmup_steps=10)
     # Measure teacher greedy accuracy and student avg@K / pass@K on the test split after
     # building (stored in metrics.json; `scope-ray bootstrap` prints them).
     evaluate: bool = True
