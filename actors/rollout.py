@@ -7,9 +7,10 @@ Its methods run one at a time (Ray's default for a sync actor), so an ``update_w
 submitted after a ``generate`` never races with it, and generation submitted after an
 update always sees the new weights.
 
-Log-probs are vLLM's ``raw_logprobs`` (the default ``logprobs_mode``): log-softmax of
-the model's logits before temperature / top-p / top-k, i.e. log pi_old(a_t) of the
-policy itself, which is what the learner's importance ratio needs.
+Log-probs follow ``EngineOptions.logprobs_mode``. Training uses ``processed_logprobs``:
+log-softmax of the logits after temperature (and top-k / top-p), i.e. log pi_old(a_t) of
+the distribution each token was drawn from, which the learner reproduces by scoring at
+the same temperature. ``raw_logprobs`` (vLLM's default) are the untempered policy's.
 """
 
 from __future__ import annotations

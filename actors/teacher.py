@@ -60,9 +60,10 @@ def _resolve_device(device: str) -> torch.device:
 class _HFScorer:
     """Exact scoring with transformers on right-padded batches."""
 
-    def __init__(self, model_dir: str, dtype: str, device: str) -> None:
+    def __init__(self, model_dir: str, dtype: str, device: str, temperature: float = 1.0) -> None:
         from transformers import AutoModelForCausalLM
 
+        self.temperature = temperature
         self.device = _resolve_device(device)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(self.device).eval()
         pad = self.model.config.pad_token_id
@@ -79,7 +80,8 @@ class _HFScorer:
             ids[row, : len(s)] = torch.tensor(s)
             mask[row, : len(s)] = 1
         with torch.inference_mode():
-            logp = token_logprobs(self.model, ids.to(self.device), mask.to(self.device)).float().cpu()
+            logp = token_logprobs(self.model, ids.to(self.device), mask.to(self.device),
+                                  self.temperature).float().cpu()
         return [logp[row, len(r.prompt_ids) : r.num_tokens].numpy().copy() for row, r in enumerate(batch)]
 
 
@@ -125,11 +127,19 @@ class TeacherServer:
         seed: int = 0,
         max_model_len: int = 4096,
         gpu_memory_utilization: float = 0.85,
+        temperature: float = 1.0,
     ) -> None:
         """``device`` is for "hf"; ``seed``, ``max_model_len``, ``gpu_memory_utilization``
-        for "vllm" (its engine options; on CPU the memory fraction is of host RAM)."""
+        for "vllm" (its engine options; on CPU the memory fraction is of host RAM).
+        ``temperature``: score under softmax(logits / temperature) ("hf" only; the
+        "vllm" backend's prompt log-probs are always raw)."""
         if backend not in ("hf", "vllm"):
             raise ValueError(f"unknown teacher backend {backend!r} (expected 'hf' or 'vllm')")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if backend == "vllm" and temperature != 1.0:
+            raise ValueError(f"the 'vllm' teacher backend scores raw log-probs only; got temperature "
+                             f"{temperature} (use backend 'hf')")
         self.backend = backend
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000.0
@@ -137,7 +147,7 @@ class TeacherServer:
         # in-process engine is always driven from the thread that built it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-forward")
         if backend == "hf":
-            make = lambda: _HFScorer(model_dir, dtype, device)  # noqa: E731
+            make = lambda: _HFScorer(model_dir, dtype, device, temperature)  # noqa: E731
         else:
             make = lambda: _VLLMScorer(model_dir, dtype, seed, max_model_len, gpu_memory_utilization)  # noqa: E731
         t0 = time.perf_counter()

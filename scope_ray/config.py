@@ -79,6 +79,9 @@ class RolloutConfig:
 class TeacherConfig:
     num_replicas: int = 1
     backend: Literal["hf", "vllm"] = "hf"
+    # The teacher scores under softmax(logits / temperature); 1.0 = its own distribution.
+    # (GRPO's reference policy is scored at rollout.temperature instead, like the student.)
+    temperature: float = 1.0
     max_batch_tokens: int = 16384
     max_wait_ms: float = 5.0
     num_cpus: float = 0.5
@@ -225,6 +228,11 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(t.max_batch_tokens >= 1, "teacher.max_batch_tokens", "must be >= 1")
     _require(t.max_wait_ms >= 0, "teacher.max_wait_ms", "must be >= 0")
     _require(0 < t.gpu_memory_utilization <= 1, "teacher.gpu_memory_utilization", "must be in (0, 1]")
+    _require(t.temperature > 0, "teacher.temperature", "must be > 0")
+    _require(t.backend == "hf" or not grpo or a.kl_beta == 0 or r.temperature == 1.0, "teacher.backend",
+             "must be 'hf' for grpo when rollout.temperature != 1 (the reference is scored tempered)")
+    _require(t.backend == "hf" or t.temperature == 1.0, "teacher.temperature",
+             "must be 1.0 with teacher.backend 'vllm' (its prompt log-probs are raw); use backend 'hf'")
     _require(lr.num_workers >= 1, "learner.num_workers", "must be >= 1")
     # Stage 0 is refused: without ZeRO, DeepSpeed does not skip non-finite steps when
     # given a torch optimizer.

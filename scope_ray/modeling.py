@@ -11,9 +11,15 @@ from __future__ import annotations
 import torch
 
 
-def gather_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """[B, L, V] logits (position p predicts p+1) -> [B, L] log-probs of ``input_ids``."""
+def gather_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
+                          temperature: float = 1.0) -> torch.Tensor:
+    """[B, L, V] logits (position p predicts p+1) -> [B, L] log-probs of ``input_ids``
+    under ``softmax(logits / temperature)``."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
     shifted = logits[:, :-1, :].float()
+    if temperature != 1.0:
+        shifted = shifted / temperature
     target = input_ids[:, 1:]
     picked = shifted.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     # log_softmax without materialising it: logit - logsumexp over the vocabulary.
@@ -21,7 +27,15 @@ def gather_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torc
     return torch.nn.functional.pad(logp, (1, 0), value=0.0)
 
 
-def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Right-padded batch -> [B, L] float32 token log-probs (see module docstring)."""
+def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """Right-padded batch -> [B, L] float32 token log-probs (see module docstring).
+
+    ``temperature`` != 1 gives the log-probs of the *tempered* policy: the one a sampler
+    at that temperature actually draws from. The learner scores rollouts this way (as
+    verl does), so pi_old and pi_theta in the importance ratio and the reverse-KL signal
+    are the sampling distribution itself; measured on the embedded task, training the
+    raw policy on samples drawn at T=0.6 drifts and collapses within ~40 steps.
+    """
     out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return gather_token_logprobs(out.logits, input_ids)
+    return gather_token_logprobs(out.logits, input_ids, temperature)

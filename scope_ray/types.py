@@ -16,7 +16,7 @@ class Rollout:
     """One sampled response of the student."""
 
     response_ids: list[int]
-    # log pi_old(a_t) under the policy that sampled it (vLLM's raw, untempered log-prob).
+    # log pi_old(a_t) under the distribution that sampled it (vLLM processed log-probs: tempered).
     response_logp: np.ndarray
     text: str
     finish_reason: str  # "stop" or "length"

@@ -49,11 +49,14 @@ def test_round_trip_through_yaml(tmp_path):
         ("model.student=/does/not/exist", "model.teacher: set both"),
         ("learner.micro_batch_tokens=10", "learner.micro_batch_tokens: must hold one full sequence"),
         ("noequals", "overrides look like section.key=value"),
+        ("teacher.temperature=0", "teacher.temperature: must be > 0"),
+        ("teacher.backend=vllm teacher.temperature=2", "teacher.temperature: must be 1.0 with teacher.backend 'vllm'"),
+        ("algorithm.name=grpo teacher.backend=vllm", "teacher.backend: must be 'hf' for grpo when rollout.temperature != 1"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(override, message):
     with pytest.raises(ConfigError) as info:
-        load_config(None, [override])
+        load_config(None, override.split(" "))
     text = str(info.value)
     assert message in text
     assert "\n" not in text

@@ -109,8 +109,10 @@ def test_opd_differs_from_scope_only_in_algorithm_and_group_size(pair: str) -> N
 @pytest.mark.parametrize("pair", PAIRS)
 def test_grpo_differs_from_scope_only_in_algorithm_and_freed_teacher_gpu(pair: str) -> None:
     scope, grpo = _load(f"{pair}-scope.yaml"), _load(f"{pair}-grpo.yaml")
+    # teacher.backend: the reference is scored tempered, which only the "hf" backend does.
     assert _diff(scope, grpo) <= {"algorithm.name", "algorithm.clip_eps", "algorithm.kl_beta",
-                                  "rollout.num_workers", "trainer.name"}
+                                  "rollout.num_workers", "trainer.name", "teacher.backend"}
+    assert grpo.teacher.backend == "hf"
     assert grpo.algorithm.name == "grpo"
     assert (grpo.algorithm.clip_eps, grpo.algorithm.kl_beta) == (0.2, 1e-4)
     assert grpo.rollout.group_size == 8

@@ -25,10 +25,10 @@ def _hf_model(model_dir) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
-def _hf_response_logp(model, prompt: list[int], response: list[int]) -> np.ndarray:
+def _hf_response_logp(model, prompt: list[int], response: list[int], temperature: float = 1.0) -> np.ndarray:
     ids = torch.tensor([prompt + response])
     with torch.inference_mode():
-        return token_logprobs(model, ids, torch.ones_like(ids))[0, len(prompt) :].numpy()
+        return token_logprobs(model, ids, torch.ones_like(ids), temperature)[0, len(prompt) :].numpy()
 
 
 def _sharp_model(seed: int) -> torch.nn.Module:
@@ -69,6 +69,26 @@ def test_generate_groups_and_logprobs_match_hf(worker, tiny_model_dir) -> None:
             assert r.response_logp.dtype == np.float32 and r.response_logp.shape == (len(r.response_ids),)
             assert 0 < len(r.response_ids) <= 16 and np.isfinite(r.response_logp).all()
             np.testing.assert_allclose(r.response_logp, _hf_response_logp(hf, prompt, r.response_ids), atol=1e-4)
+
+
+def test_processed_logprobs_are_the_tempered_policy(ray_session, tiny_model_dir, cpu_kv_memory_fraction) -> None:
+    """What training uses (scope_ray.controller.cluster): vLLM's processed log-probs equal
+    the learner's log-softmax(logits / T), so rho and the KL signal see the sampler."""
+    opts = EngineOptions(
+        model_dir=str(tiny_model_dir), seed=0, max_model_len=256, dtype="float32",
+        gpu_memory_utilization=cpu_kv_memory_fraction, logprobs_mode="processed_logprobs",
+    )
+    w = RolloutWorker.options(num_cpus=1).remote(opts, {"temperature": 0.6, "max_tokens": 16}, worker_index=0)
+    try:
+        groups = ray.get(w.generate.remote([GenerationRequest("t", PROMPTS[1], 4)]), timeout=120)
+    finally:
+        ray.kill(w)
+    hf = _hf_model(tiny_model_dir)
+    for r in groups[0]:
+        tempered = _hf_response_logp(hf, PROMPTS[1], r.response_ids, temperature=0.6)
+        np.testing.assert_allclose(r.response_logp, tempered, atol=1e-4)
+        raw = _hf_response_logp(hf, PROMPTS[1], r.response_ids)
+        assert np.abs(raw - tempered).max() > 1e-2  # the two modes really differ here
 
 
 def test_seeded_requests_reproduce(worker) -> None:

@@ -70,6 +70,9 @@ def _engine_options(cfg: RunConfig, model_dir: str) -> EngineOptions:
         gpu_memory_utilization=r.gpu_memory_utilization if on_gpu else cpu_memory_fraction(CPU_ENGINE_GIB),
         dtype=cfg.model.dtype,
         enable_weight_sync=True,
+        # Log-probs of the tempered (and top-k/top-p) distribution actually sampled from;
+        # the learner scores at the same temperature (LearnerOptions.temperature).
+        logprobs_mode="processed_logprobs",
     )
 
 
@@ -103,6 +106,8 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
     # The scoring server serves the teacher (SCOPE, OPD) or, for GRPO's KL term, the
     # frozen initial student as the reference policy.
     scorer_dir = teacher_dir if spec.needs_teacher else student_dir
+    # The reference is the initial *sampling* policy, tempered like the trained one.
+    scorer_temperature = t.temperature if spec.needs_teacher else r.temperature
     if spec.needs_teacher or (spec.needs_reference and cfg.algorithm.kl_beta > 0):
         on_gpu = t.num_gpus > 0
         teachers = [
@@ -116,6 +121,7 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
                 dtype=cfg.model.dtype, seed=cfg.trainer.seed,
                 max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
                 gpu_memory_utilization=t.gpu_memory_utilization if on_gpu else cpu_memory_fraction(CPU_ENGINE_GIB),
+                temperature=scorer_temperature,
             )
             for _ in range(t.num_replicas)
         ]

@@ -28,6 +28,9 @@ class EngineOptions:
     enable_weight_sync: bool = True
     # Max sequences scheduled together; None keeps vLLM's default.
     max_num_seqs: int | None = None
+    # "raw_logprobs": log-softmax of the logits; "processed_logprobs": after temperature
+    # and top-k/top-p, i.e. of the distribution the sample was drawn from.
+    logprobs_mode: str = "raw_logprobs"
 
 
 def cpu_memory_fraction(gib: float) -> float:
@@ -64,6 +67,7 @@ def create_llm(opts: EngineOptions):
         enforce_eager=not cuda_available(),
         distributed_executor_backend="uni" if opts.tensor_parallel_size == 1 else "mp",
         gpu_memory_utilization=opts.gpu_memory_utilization,
+        logprobs_mode=opts.logprobs_mode,
     )
     if opts.max_num_seqs is not None:
         kwargs["max_num_seqs"] = opts.max_num_seqs

@@ -107,12 +107,13 @@ class LearnerCore:
 
     # ------------------------------------------------------------------ passes
     def _logprobs(self, mb: TrainBatch) -> torch.Tensor:
-        return token_logprobs(self.engine, mb.input_ids.to(self.device), mb.attention_mask.to(self.device))
+        return token_logprobs(self.engine, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
+                              self.options.temperature)
 
     def _idle_logprobs(self) -> torch.Tensor:
         """A 1 x 2-token pass: touches every parameter (ZeRO-3 gathers) at minimal cost."""
         ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
-        return token_logprobs(self.engine, ids, torch.ones_like(ids))
+        return token_logprobs(self.engine, ids, torch.ones_like(ids), self.options.temperature)
 
     def _loss_inputs(self, mb: TrainBatch, advantages: torch.Tensor | None) -> LossInputs:
         d = self.device

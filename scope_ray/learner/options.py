@@ -31,6 +31,9 @@ class LearnerOptions:
     clip_eps: float = 0.2  # grpo only
     kl_beta: float = 1e-4  # grpo only
     seed: int = 0
+    # Log-probs are of softmax(logits / temperature): the rollout sampling temperature,
+    # so the trained policy is the one that generated the rollouts (verl does the same).
+    temperature: float = 1.0
     # Ray resources per worker; num_gpus > 0 means CUDA + NCCL, else CPU + gloo.
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -57,6 +60,7 @@ class LearnerOptions:
              f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"),
             (self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}"),
             (self.kl_beta >= 0, f"kl_beta must be >= 0, got {self.kl_beta}"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
             (self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus and num_gpus must be >= 0"),
         ]
         for ok, message in checks:
@@ -76,4 +80,5 @@ class LearnerOptions:
             gradient_checkpointing=lr.gradient_checkpointing, dtype=cfg.model.dtype,
             algorithm=algo.name, aggregation=algo.aggregation, clip_eps=algo.clip_eps, kl_beta=algo.kl_beta,
             seed=cfg.trainer.seed, num_cpus=lr.num_cpus, num_gpus=lr.num_gpus,
+            temperature=cfg.rollout.temperature,
         )
