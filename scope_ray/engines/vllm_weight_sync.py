@@ -35,6 +35,20 @@ from scope_ray.engines.weight_buckets import iter_safetensors
 logger = logging.getLogger(__name__)
 
 
+class _DropRotaryReloadWarning(logging.Filter):
+    """vLLM 0.32's layerwise reload warns "RotaryEmbedding: Failed to load weights" on
+    every update: the rotary cos/sin cache is a buffer no checkpoint carries, and vLLM
+    correctly puts the existing one back. Dropping exactly that line keeps one warning
+    per weight sync out of every run's log; any other reload warning still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage().startswith("RotaryEmbedding: Failed to load weights"))
+
+
+logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
+    _DropRotaryReloadWarning())
+
+
 TIED_EMBEDDING = "model.embed_tokens.weight"
 TIED_HEAD = "lm_head.weight"
 
