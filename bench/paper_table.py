@@ -345,9 +345,11 @@ class Budget:
 
 
 def default_steps(config: Path) -> int:
-    """trainer.total_steps of the recipe (20 if it does not set it: the config default)."""
+    """trainer.total_steps of the recipe (the config default if it does not set it)."""
+    from scope_ray.config import TrainerConfig
+
     data = yaml.safe_load(config.read_text()) or {}
-    return int((data.get("trainer") or {}).get("total_steps", 20))
+    return int((data.get("trainer") or {}).get("total_steps", TrainerConfig.total_steps))
 
 
 def _key(override: str) -> str:

@@ -125,19 +125,19 @@ class TrainerConfig:
     """What the controller does, in which order, and how often."""
 
     prompts_per_step: int = 16  # B complete groups per gradient step
-    total_steps: int = 20
+    total_steps: int = 100
     max_staleness: int = 0  # 0: strictly on-policy; 1: generate next batch while training
     # "stream": teacher scoring overlaps generation; "sequential": generate all, then
     # score all, then train (the baseline the pipeline benchmark compares against).
     schedule: Literal["stream", "sequential"] = "stream"
     seed: int = 0
-    eval_every: int = 10  # steps; 0 disables periodic evaluation
+    eval_every: int = 20  # steps; 0 disables periodic evaluation
     eval_at_end: bool = True  # evaluate before the first and after the last step
     eval_k: int = 8
     eval_temperature: float = 0.6
     eval_top_p: float = 1.0
     eval_top_k: int = -1
-    save_every: int = 10  # steps; 0 disables periodic checkpoints
+    save_every: int = 25  # steps; 0 disables periodic checkpoints
     keep_checkpoints: int = 2
     run_dir: str = ""  # default: runs/<name>-<time>
     name: str = "scope"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from scope_ray.config import TrainerConfig
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
@@ -156,7 +158,7 @@ def test_sweep_arms_and_default_steps(tmp_path: Path) -> None:
     cfg.write_text("trainer:\n  total_steps: 13\n")
     assert pt.default_steps(cfg) == 13
     cfg.write_text("algorithm:\n  name: scope\n")
-    assert pt.default_steps(cfg) == 20
+    assert pt.default_steps(cfg) == TrainerConfig.total_steps
     assert pt.default_steps(pt.DEFAULT_CONFIG) >= 1
 
 
