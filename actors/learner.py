@@ -27,6 +27,15 @@ from scope_ray.learner.core import check_batch, free_port
 logger = logging.getLogger(__name__)
 
 
+RENDEZVOUS_ATTEMPTS = 3
+
+
+def port_was_taken(exc: BaseException) -> bool:
+    """True when process-group set-up failed because its rendezvous port was in use."""
+    text = str(exc)
+    return "EADDRINUSE" in text or "address already in use" in text.lower()
+
+
 class LearnerFailure(RuntimeError):
     """A learner call failed, hung past its timeout, or a rank died.
 
@@ -98,12 +107,13 @@ class LearnerGroup:
     a placement group; PACK keeps the ranks on as few nodes as possible (STRICT_PACK
     insists on one node, fastest for NCCL when it fits). ``resources`` adds Ray custom
     resources to every bundle, e.g. {"learner_node": 1} to keep the ranks on the nodes
-    started with that resource.
+    started with that resource. ``rendezvous_port`` fixes rank 0's port for the first try
+    (default: a free one); a port that turns out to be taken is retried on a fresh one.
     """
 
     def __init__(self, model_dir: str, options: LearnerOptions, num_workers: int = 1, *,
                  placement_strategy: str = "PACK", timeout_s: float | None = None,
-                 resources: dict[str, float] | None = None) -> None:
+                 resources: dict[str, float] | None = None, rendezvous_port: int | None = None) -> None:
         options.validate()
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -116,19 +126,38 @@ class LearnerGroup:
         bundle.update(resources or {})
         self._pg = placement_group([dict(bundle) for _ in range(num_workers)], strategy=placement_strategy)
         ray.get(self._pg.ready(), timeout=timeout_s)
-        self.workers = [
-            LearnerWorker.options(
-                num_cpus=options.num_cpus,
-                num_gpus=options.num_gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self._pg, placement_group_bundle_index=rank),
-            ).remote(rank, num_workers, str(model_dir), options)
-            for rank in range(num_workers)
-        ]
-        addr, port = self._get(self.workers[0].master_address.remote(), "master_address")
-        self._get_all([w.init_process_group.remote(addr, port) for w in self.workers], "init_process_group")
+        self.workers: list[Any] = []
+        # Rank 0 picks a free port and binds it only inside init_process_group, so another
+        # process can take it in between (seen when several jobs share a machine): then
+        # the whole group is started again on a new port.
+        for attempt in range(1, RENDEZVOUS_ATTEMPTS + 1):
+            self.workers = self._start_workers(num_workers, str(model_dir))
+            addr, port = self._get(self.workers[0].master_address.remote(), "master_address")
+            if attempt == 1 and rendezvous_port is not None:
+                port = rendezvous_port
+            try:
+                self._get_all([w.init_process_group.remote(addr, port) for w in self.workers], "init_process_group")
+                break
+            except LearnerFailure as exc:
+                if not port_was_taken(exc) or attempt == RENDEZVOUS_ATTEMPTS:
+                    self.shutdown()
+                    raise
+                logger.warning("rendezvous port %d was taken by another process (attempt %d of %d); "
+                               "restarting the learner group on a new port", port, attempt, RENDEZVOUS_ATTEMPTS)
+                self._kill_workers()
         logger.info("learner group ready: %d worker(s), ZeRO-%d, rendezvous %s:%d",
                     num_workers, options.zero_stage, addr, port)
+
+    def _start_workers(self, num_workers: int, model_dir: str) -> list[Any]:
+        return [
+            LearnerWorker.options(
+                num_cpus=self.options.num_cpus,
+                num_gpus=self.options.num_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self._pg, placement_group_bundle_index=rank),
+            ).remote(rank, num_workers, model_dir, self.options)
+            for rank in range(num_workers)
+        ]
 
     @property
     def world_size(self) -> int:
@@ -218,13 +247,16 @@ class LearnerGroup:
     def shutdown(self) -> None:
         """Kill every rank and free the placement group (also after a failure: dead or
         hung ranks are fine)."""
+        self._kill_workers()
+        remove_placement_group(self._pg)
+
+    def _kill_workers(self) -> None:
         for w in self.workers:
             try:
                 ray.kill(w)
             except Exception as exc:  # noqa: BLE001 - best effort, keep freeing the rest
                 logger.warning("could not kill a learner worker: %s", exc)
         self.workers = []
-        remove_placement_group(self._pg)
 
 
 def _ranks(ranks: list[int]) -> str:

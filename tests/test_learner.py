@@ -9,6 +9,8 @@ numbers of micro-batches (so the lockstep idle passes are exercised too).
 
 from __future__ import annotations
 
+import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from actors.learner import LearnerGroup
+from actors.learner import LearnerGroup, port_was_taken
 from scope_ray.algo import get_algorithm, rollout_weights
 from scope_ray.algo.weights import sequence_mean_logprob
 from scope_ray.batching import TrainBatch, collate
@@ -263,6 +265,24 @@ def test_gradient_checkpointing_and_bf16(dtype, ray_session, tiny_model_dir, bat
         assert m["loss"] == pytest.approx(ref_metrics["loss"], rel=2e-2)
         assert m["grad_norm"] == pytest.approx(ref_metrics["grad_norm"], rel=5e-2)
         assert _max_diff(weights, ref_weights) < 2e-2  # bf16 rounding of ~0.02-scale weights
+
+
+def test_a_taken_rendezvous_port_is_retried_on_a_new_one(ray_session, tiny_model_dir, batch, caplog) -> None:
+    """Another process holding rank 0's port (a race between picking a free port and
+    binding it) costs one restart of the group, not the run."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with caplog.at_level(logging.WARNING, logger="actors.learner"):
+            group = LearnerGroup(str(tiny_model_dir), _opts(2), 1, timeout_s=300, rendezvous_port=port)
+    try:
+        assert any(f"rendezvous port {port} was taken" in r.getMessage() for r in caplog.records)
+        assert not group.train_step(batch, micro_batch_tokens=BUDGET)["skipped"]
+    finally:
+        group.shutdown()
+    assert port_was_taken(RuntimeError("DistNetworkError: ... code: -98, name: EADDRINUSE, message: ..."))
+    assert not port_was_taken(RuntimeError("DistNetworkError: connection refused"))
 
 
 def test_options_and_metric_merge_without_ray() -> None:
