@@ -48,7 +48,11 @@ def connect(rc: RayConfig, cfg: RunConfig | None = None) -> None:
     # is SIGKILLed, the Ray it started goes too: GCS, raylet and actors within seconds,
     # the two node agents within about a minute (docs/RELIABILITY.md).
     num_cpus = rc.num_cpus or max(os.cpu_count() or 1, logical_cpus_needed(cfg) if cfg else 1)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host=rc.dashboard_host)
+    # address="local": a new Ray even when another one runs on this machine. Plain
+    # ray.init() would attach to the newest local cluster (/tmp/ray/ray_current_cluster,
+    # e.g. a `ray start --head` or another run) and then refuse num_cpus. To join such a
+    # cluster on purpose, set ray.address=auto or RAY_ADDRESS.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host=rc.dashboard_host)
     logger.info("started local Ray with %d logical CPUs (token auth: %s)", num_cpus,
                 os.environ.get("RAY_AUTH_MODE", "token"))
 
