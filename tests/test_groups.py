@@ -71,12 +71,15 @@ def test_batch_metrics_report_routing_weights_and_staleness():
     groups = [_group(0, [1, 1, 1, 1], [2, 2, 2, 2], version=4), _group(1, [0, 0, 1, 0], [3, 3, 3, 3], version=3)]
     for g in groups:
         _score(g, spec)
-    m = batch_metrics(spec, weigh_groups(spec, groups, tau=1.0, normalize="sum"), learner_version=4)
+    wb = weigh_groups(spec, groups, tau=1.0, normalize="sum")
+    m = batch_metrics(spec, wb, learner_version=4)
     assert m["rollout/accuracy"] == pytest.approx(5 / 8)
     assert m["rollout/groups_all_correct"] == pytest.approx(0.5)
     assert m["branch/correct_size"] == 5 and m["branch/incorrect_size"] == 3
     assert m["teacher/scored_rollouts"] == 3 and m["teacher/scored_tokens"] == 9
     assert m["rollout/staleness_max"] == 1 and m["rollout/staleness_mean"] == pytest.approx(0.5)
-    assert 1.0 <= m["weights/incorrect_ess"] <= 3.0
+    # One incorrect set (group 1, three rollouts): ESS = 1 / sum(w^2) of its weights.
+    w_incorrect = wb.weights[~wb.correct].double()
+    assert m["weights/incorrect_ess"] == pytest.approx(float(1.0 / (w_incorrect ** 2).sum()))
     assert np.isfinite(m["teacher/reverse_kl"])
     assert m["verifier/correct"] == pytest.approx(5 / 8)

@@ -106,7 +106,9 @@ def test_hf_batching_happened(hf_scores) -> None:
     reqs, _, _, stats = hf_scores
     assert stats["requests"] == 33  # the rejected call never counts
     assert stats["sequences"] == 34  # the empty response is answered without a forward
-    assert 1 <= stats["batches"] < stats["sequences"]
+    # 32 callers at once within max_wait_ms coalesce into a few forwards (2 measured; a
+    # server that scored each request alone would report 34).
+    assert stats["batches"] <= stats["sequences"] // 4
     assert stats["max_batch_padded_tokens"] <= BUDGET
     assert stats["real_tokens"] == sum(r.num_tokens for r in reqs) + sum(r.num_tokens for r in (reqs[0], reqs[2]))
     assert stats["real_tokens"] <= stats["padded_tokens"] and stats["forward_s"] > 0
