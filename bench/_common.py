@@ -20,6 +20,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import hashlib
 import json
 import logging
@@ -511,6 +513,26 @@ def trial_summary(trial: Trial, skip_first: int = 1, skip_last: int = 1) -> dict
             "wall_s": trial.wall_s, "load": trial.load, "rollout_workers": trial.rollout_workers,
             "learner_workers": trial.learner_workers, "teacher_padded_tokens": trial.teacher_padded_tokens,
             "teacher_real_tokens": trial.teacher_real_tokens, "teacher_batches": trial.teacher_batches}
+
+
+def add_trial_args(ap: argparse.ArgumentParser, *, warmup_steps: int = 1) -> None:
+    """The options shared by the benchmarks that run whole trainer trials side by side
+    (pipeline, teacher_cost, scaling); each script adds its own axes."""
+    ap.add_argument("--steps", type=int, default=6, help="steps per trial")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each variant (alternating order)")
+    ap.add_argument("--warmup-steps", type=int, default=warmup_steps, help="a discarded warm-up trial first (0: none)")
+    ap.add_argument("--skip-first", type=int, default=1, help="first steps of a trial left out of the means (fill)")
+    ap.add_argument("--skip-last", type=int, default=1, help="last steps of a trial left out of the means (drain)")
+    ap.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
+    ap.add_argument("--out", type=Path, help="JSON path (default bench/results/<benchmark>.json)")
+    ap.add_argument("--num-cpus", type=int, default=16, help="logical CPUs of the private local Ray")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="dotted config overrides for every trial")
+
+
+def medians(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, float]:
+    """``{key: median over rows}`` for each key (one row per repetition)."""
+    return {k: median([r[k] for r in rows]) for k in keys}
 
 
 def median(xs: Sequence[float]) -> float:

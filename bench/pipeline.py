@@ -25,11 +25,11 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from _common import (
-    DEFAULT_WORK_DIR, SMALL_STEP, Cluster, attach_spans, interleave, load_line, machine_info, median,
+    SMALL_STEP, Cluster, attach_spans, interleave, load_line, machine_info, median,
+    add_trial_args, medians,
     prepare_inputs, setup_logging, trial_summary, write_result,
 )
 
@@ -46,16 +46,7 @@ SPEEDUP_TARGET = 1.3
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6, help="steps per trial")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions of each schedule (alternating order)")
-    ap.add_argument("--warmup-steps", type=int, default=2, help="a discarded warm-up trial first (0: none)")
-    ap.add_argument("--skip-first", type=int, default=1, help="first steps of a trial left out of the means (fill)")
-    ap.add_argument("--skip-last", type=int, default=1, help="last steps of a trial left out of the means (drain)")
-    ap.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
-    ap.add_argument("--out", type=Path, help="JSON path (default bench/results/pipeline.json)")
-    ap.add_argument("--num-cpus", type=int, default=16, help="logical CPUs of the private local Ray")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    ap.add_argument("overrides", nargs="*", help="dotted config overrides for every trial")
+    add_trial_args(ap, warmup_steps=2)
     return ap.parse_args(argv)
 
 
@@ -72,13 +63,8 @@ def compare(summaries: list[dict[str, Any]], reps: int) -> dict[str, Any]:
         mine = [by[(r, name)]["mean"] for r in range(reps)]
         speedups = [by[(r, "sequential")]["mean"]["step_s"] / m["step_s"] for r, m in enumerate(mine)]
         out[name] = {
-            "step_s": median([m["step_s"] for m in mine]),
-            "generate_busy_s": median([m["generate_busy_s"] for m in mine]),
-            "score_busy_s": median([m["score_busy_s"] for m in mine]),
-            "train_busy_s": median([m["train_busy_s"] for m in mine]),
-            "sync_busy_s": median([m["sync_busy_s"] for m in mine]),
-            "busiest_stage_s": median([m["busiest_stage_s"] for m in mine]),
-            "step_over_busiest": median([m["step_over_busiest"] for m in mine]),
+            **medians(mine, ("step_s", "generate_busy_s", "score_busy_s", "train_busy_s", "sync_busy_s",
+                             "busiest_stage_s", "step_over_busiest")),
             "step_over_busiest_per_rep": [m["step_over_busiest"] for m in mine],
             # All stages' busy time spread over every core: on a machine with fewer cores
             # than busy actors this, not the busiest stage, is the floor.
@@ -86,9 +72,8 @@ def compare(summaries: list[dict[str, Any]], reps: int) -> dict[str, Any]:
             "step_over_bound": median([m["step_s"] / max(m["busiest_stage_s"], _core_bound(m)) for m in mine]),
             "speedup_vs_sequential": median(speedups),
             "speedup_vs_sequential_per_rep": speedups,
-            "logged": {k: median([m[k] for m in mine]) for k in mine[0] if k.startswith("logged_")},
-            "score_not_overlapped_gen_s": median([m["score_not_overlapped_gen_s"] for m in mine]),
-            "tokens_per_s": median([m["tokens_per_s"] for m in mine]),
+            "logged": medians(mine, [k for k in mine[0] if k.startswith("logged_")]),
+            **medians(mine, ("score_not_overlapped_gen_s", "tokens_per_s")),
             "busiest_stage": [by[(r, name)]["busiest_stage"] for r in range(reps)],
         }
     return out

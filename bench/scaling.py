@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from _common import (
-    DEFAULT_WORK_DIR, SMALL_STEP, Cluster, attach_spans, interleave, load_line, machine_info, median,
+    SMALL_STEP, Cluster, attach_spans, interleave, load_line, machine_info, median,
+    add_trial_args, medians,
     prepare_inputs, setup_logging, trial_summary, write_result,
 )
 
@@ -37,17 +37,8 @@ LAYOUTS: dict[str, tuple[int, str]] = {"r1l1": (1, "default"), "r2l1": (2, "defa
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--skip-first", type=int, default=1, help="first steps of a trial left out (fill)")
-    ap.add_argument("--skip-last", type=int, default=1, help="last steps of a trial left out (drain)")
-    ap.add_argument("--warmup-steps", type=int, default=1)
+    add_trial_args(ap)
     ap.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
-    ap.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
-    ap.add_argument("--out", type=Path)
-    ap.add_argument("--num-cpus", type=int, default=16)
-    ap.add_argument("-v", "--verbose", action="store_true")
-    ap.add_argument("overrides", nargs="*", help="dotted config overrides for every trial")
     return ap.parse_args(argv)
 
 
@@ -61,12 +52,8 @@ def figures(summaries: list[dict[str, Any]], layouts: list[str], reps: int) -> d
             "tokens_per_s": median([m["tokens_per_s"] for m in ms]),
             "speedup_vs_" + base: median([m["tokens_per_s"] / by[(r, base)]["tokens_per_s"] for r, m in enumerate(ms)]),
             "speedup_per_rep": [m["tokens_per_s"] / by[(r, base)]["tokens_per_s"] for r, m in enumerate(ms)],
-            "step_s": median([m["step_s"] for m in ms]),
-            "generate_busy_s": median([m["generate_busy_s"] for m in ms]),
-            "score_busy_s": median([m["score_busy_s"] for m in ms]),
-            "train_busy_s": median([m["train_busy_s"] for m in ms]),
-            "sync_busy_s": median([m["sync_busy_s"] for m in ms]),
-            "rollout_tokens": median([m["rollout_tokens"] for m in ms]),
+            **medians(ms, ("step_s", "generate_busy_s", "score_busy_s", "train_busy_s", "sync_busy_s",
+                           "rollout_tokens")),
         }
     return out
 

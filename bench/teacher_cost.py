@@ -35,11 +35,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from _common import (
-    DEFAULT_WORK_DIR, SMALL_STEP, Cluster, attach_spans, interleave, load_line, machine_info, median,
+    SMALL_STEP, Cluster, attach_spans, interleave, load_line, machine_info, median,
+    add_trial_args, medians,
     prepare_inputs, setup_logging, trial_summary, write_result,
 )
 
@@ -50,21 +50,12 @@ ALGOS = ("scope", "opd")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--reps", type=int, default=3)
+    add_trial_args(ap)
     ap.add_argument("--staleness", type=int, nargs="+", default=[0, 1], choices=[0, 1])
     ap.add_argument("--ppr", type=int, nargs="+", default=[4],
                     help="rollout.prompts_per_request values to compare (smaller: scoring streams sooner)")
     ap.add_argument("--student-sft-steps", type=int, default=200,
                     help="SFT steps for the student so some rollouts are correct (0: random student)")
-    ap.add_argument("--skip-first", type=int, default=1, help="first steps of a trial left out (fill)")
-    ap.add_argument("--skip-last", type=int, default=1, help="last steps of a trial left out (drain)")
-    ap.add_argument("--warmup-steps", type=int, default=1)
-    ap.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
-    ap.add_argument("--out", type=Path)
-    ap.add_argument("--num-cpus", type=int, default=16)
-    ap.add_argument("-v", "--verbose", action="store_true")
-    ap.add_argument("overrides", nargs="*", help="dotted config overrides for every trial")
     return ap.parse_args(argv)
 
 
@@ -83,13 +74,9 @@ def figures(summaries: list[dict[str, Any]], cases: list[tuple[int, int]], reps:
         for algo in ALGOS:
             ms = [by[(r, variant(algo, s, p))] for r in range(reps)]
             out[variant(algo, s, p)] = {
-                "step_s": median([m["step_s"] for m in ms]),
-                "accuracy": median([m["accuracy"] for m in ms]),
-                "rollout_tokens": median([m["rollout_tokens"] for m in ms]),
-                "scored_tokens": median([m["scored_tokens"] for m in ms]),
+                **medians(ms, ("step_s", "accuracy", "rollout_tokens", "scored_tokens", "logged_score_busy_s")),
                 "teacher_real_tokens": median([m["teacher_tokens"] for m in ms]),
                 "teacher_forward_s": median([m["score_busy_s"] for m in ms]),
-                "logged_score_busy_s": median([m["logged_score_busy_s"] for m in ms]),
                 "share_vs_generation": median([m["score_not_overlapped_gen_s"] / m["step_s"] for m in ms]),
                 "share_alone": median([m["score_alone_s"] / m["step_s"] for m in ms]),
                 "forward_share": median([m["score_busy_s"] / m["step_s"] for m in ms]),
