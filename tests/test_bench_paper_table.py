@@ -102,20 +102,18 @@ def test_summarize_keeps_table_order_and_drops_empty_arms(tmp_path: Path) -> Non
         pt.select_arms(pt.MAIN_ARMS, "scope,nope")
 
 
-def test_ordering_holds_beyond_spread(tmp_path: Path) -> None:
-    runs = (_runs(tmp_path, "scope", [0.50, 0.52, 0.54]) + _runs(tmp_path, "opd", [0.30, 0.32, 0.34])
+@pytest.mark.parametrize(
+    "scope, opd, beyond_spread, text",
+    [([0.50, 0.52, 0.54], [0.30, 0.32, 0.34], True, "holds, and every gap exceeds"),
+     ([0.20, 0.40, 0.60], [0.30, 0.35, 0.40], False, "not every gap")],
+    ids=["beyond_spread", "within_spread"],
+)
+def test_ordering_holds(tmp_path: Path, scope: list[float], opd: list[float], beyond_spread: bool, text: str) -> None:
+    runs = (_runs(tmp_path, "scope", scope) + _runs(tmp_path, "opd", opd)
             + _runs(tmp_path, "grpo", [0.10, 0.12, 0.14]))
     o = pt.check_ordering(pt.summarize(runs, pt.MAIN_ARMS))
-    assert o.holds is True and o.beyond_spread is True
-    assert "holds, and every gap exceeds" in o.line
-
-
-def test_ordering_holds_within_spread(tmp_path: Path) -> None:
-    runs = (_runs(tmp_path, "scope", [0.20, 0.40, 0.60]) + _runs(tmp_path, "opd", [0.30, 0.35, 0.40])
-            + _runs(tmp_path, "grpo", [0.10, 0.12, 0.14]))
-    o = pt.check_ordering(pt.summarize(runs, pt.MAIN_ARMS))
-    assert o.holds is True and o.beyond_spread is False
-    assert "not every gap" in o.line
+    assert o.holds is True and o.beyond_spread is beyond_spread
+    assert text in o.line
 
 
 def test_ordering_fails_or_is_unknown(tmp_path: Path) -> None:
