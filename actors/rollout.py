@@ -4,7 +4,7 @@ The actor is deliberately thin: it turns :class:`~scope_ray.types.GenerationRequ
 into vLLM calls and vLLM outputs into :class:`~scope_ray.types.Rollout`s, and swaps in
 new weights through :class:`~scope_ray.engines.vllm_weight_sync.WeightSyncExtension`.
 Its methods run one at a time (Ray's default for a sync actor), so an ``update_weights``
-submitted after a ``generate`` never races with it, and generation submitted after an
+submitted after a ``generate`` (or a ``generate_stream``) never races with it, and generation submitted after an
 update always sees the new weights.
 
 Log-probs follow ``EngineOptions.logprobs_mode``. Training uses ``processed_logprobs``:
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -79,11 +80,15 @@ class RolloutWorker:
 
     def _params(self, n: int, seed: int, sampling: SamplingConfig):
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(
             n=n,
             seed=seed,
             logprobs=0,  # only the sampled token's log-prob
+            # One output per request, with all n samples, once the last one is done (what
+            # LLM.generate sets; the engine's default streams each sample's tokens).
+            output_kind=RequestOutputKind.FINAL_ONLY,
             **asdict(sampling),
         )
 
@@ -97,25 +102,66 @@ class RolloutWorker:
         runs; otherwise the seed comes from (engine seed, worker index, count of
         requests this worker has served), reproducible for the same call sequence.
         """
+        groups: list[list[Rollout]] = [[] for _ in requests]
+        for position, rollouts in self._groups_as_done(requests, sampling):
+            groups[position] = rollouts
+        return groups
+
+    def generate_stream(
+        self, requests: list[GenerationRequest], sampling: SamplingConfig | dict[str, Any] | None = None
+    ) -> Iterator[tuple[int, list[Rollout]]]:
+        """Like :meth:`generate`, but yields ``(position in requests, rollouts)`` for each
+        request as soon as its G samples are finished (a Ray streaming generator).
+
+        All requests still run in one vLLM batch, so the engine batches as well as with
+        :meth:`generate`, while the controller can verify and teacher-score the groups
+        that are done while the others are still decoding.
+        """
+        yield from self._groups_as_done(requests, sampling)
+
+    def _groups_as_done(
+        self, requests: list[GenerationRequest], sampling: SamplingConfig | dict[str, Any] | None
+    ) -> Iterator[tuple[int, list[Rollout]]]:
         from vllm.inputs import TokensPrompt
 
         if not requests:
-            return []
+            return
+        engine = self.llm.llm_engine
+        if engine.has_unfinished_requests():
+            # Only this actor adds requests, and every call drains or aborts its own.
+            raise RuntimeError(f"rollout worker {self.worker_index}: the engine holds requests of an earlier call")
         cfg = SamplingConfig.coerce(sampling, self.sampling)
-        params = []
-        for req in requests:
-            seed = req.seed
-            if seed is None:
-                seed = request_seed(self.engine_opts.seed, self.worker_index, self._calls)
-            self._calls += 1
-            params.append(self._params(req.n, seed, cfg))
-        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
         t0 = time.perf_counter()
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        result = [[self._rollout(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
-        n_tok = sum(len(r.response_ids) for group in result for r in group)
-        logger.debug("worker %d: %d prompts, %d tokens in %.2fs", self.worker_index, len(requests), n_tok, time.perf_counter() - t0)
-        return result
+        # add_request + step is the loop LLM.generate runs, minus the wait for the whole
+        # batch: a request's output is final once all n of its samples are done. Outputs
+        # carry the id we pass in (vLLM adds a random suffix only internally).
+        positions: dict[str, int] = {}
+        n_tok = 0
+        try:
+            for i, req in enumerate(requests):
+                seed = req.seed
+                if seed is None:
+                    seed = request_seed(self.engine_opts.seed, self.worker_index, self._calls)
+                rid = f"w{self.worker_index}-r{self._calls}"
+                self._calls += 1
+                engine.add_request(rid, TokensPrompt(prompt_token_ids=list(req.prompt_ids)), self._params(req.n, seed, cfg))
+                positions[rid] = i
+            while positions and engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished and out.request_id in positions:
+                        rollouts = [self._rollout(c) for c in sorted(out.outputs, key=lambda c: c.index)]
+                        n_tok += sum(len(r.response_ids) for r in rollouts)
+                        yield positions.pop(out.request_id), rollouts
+            if positions:
+                raise RuntimeError(f"rollout worker {self.worker_index}: vLLM finished without "
+                                   f"{len(positions)} of {len(requests)} requests")
+        finally:
+            if positions and engine.has_unfinished_requests():
+                # A request was refused, a step failed or the consumer stopped early:
+                # leave the engine empty for the next call.
+                engine.abort_request(list(positions))
+        logger.debug("worker %d: %d prompts, %d tokens in %.2fs", self.worker_index, len(requests), n_tok,
+                     time.perf_counter() - t0)
 
     def _rollout(self, c) -> Rollout:
         ids = list(c.token_ids)

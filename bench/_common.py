@@ -265,11 +265,12 @@ def timeline_spans(t_lo: float, t_hi: float) -> dict[tuple[str, str], list[Inter
     return out
 
 
-def spans_of(spans: dict[tuple[str, str], list[Interval]], method: str) -> dict[str, list[Interval]]:
-    """``{worker: spans}`` for one ``Class.method``."""
+def spans_of(spans: dict[tuple[str, str], list[Interval]], method: str | tuple[str, ...]) -> dict[str, list[Interval]]:
+    """``{worker: spans}`` for one ``Class.method`` (or any of several)."""
+    methods = (method,) if isinstance(method, str) else method
     out: dict[str, list[Interval]] = {}
     for (worker, name), s in spans.items():
-        if name == method:
+        if name in methods:
             out.setdefault(worker, []).extend(s)
     return out
 
@@ -440,7 +441,8 @@ def attach_spans(trials: Sequence[Trial]) -> None:
 
 # --------------------------------------------------------------------------- per-step stage busy time
 
-GENERATE = "RolloutWorker.generate"
+# Whole-request calls, or streams that yield each group as it finishes (rollout.stream_groups).
+GENERATE = ("RolloutWorker.generate", "RolloutWorker.generate_stream")
 UPDATE = "RolloutWorker.update_weights"
 TRAIN = "LearnerWorker.train_step"
 EXPORT = "LearnerWorker.export_weights"

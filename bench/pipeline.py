@@ -8,7 +8,10 @@ Schedules (``trainer.schedule`` / ``trainer.max_staleness``):
 - ``sequential``: generate every group, then score every group, then train, then sync;
 - ``stream_s0``: teacher scoring streams behind generation, strictly on-policy;
 - ``stream_s1``: as stream_s0, and the next step generates (and is scored) while the
-  learner trains (one policy version of lag).
+  learner trains (one policy version of lag);
+- ``stream_s0_whole`` / ``stream_s1_whole``: the same with ``rollout.stream_groups=false``,
+  i.e. a worker returns a whole request (``prompts_per_request`` groups) at once instead
+  of yielding each group as it finishes decoding.
 
 One set of actors serves every trial (the learner is reloaded from its initial
 checkpoint and the rollout workers get those weights back before each trial), trials
@@ -39,6 +42,8 @@ SCHEDULES: dict[str, list[str]] = {
     "sequential": ["trainer.schedule=sequential", "trainer.max_staleness=0"],
     "stream_s0": ["trainer.schedule=stream", "trainer.max_staleness=0"],
     "stream_s1": ["trainer.schedule=stream", "trainer.max_staleness=1"],
+    "stream_s0_whole": ["trainer.schedule=stream", "trainer.max_staleness=0", "rollout.stream_groups=false"],
+    "stream_s1_whole": ["trainer.schedule=stream", "trainer.max_staleness=1", "rollout.stream_groups=false"],
 }
 RATIO_TARGET = 1.25
 SPEEDUP_TARGET = 1.3
@@ -82,12 +87,12 @@ def compare(summaries: list[dict[str, Any]], reps: int) -> dict[str, Any]:
 def print_table(cmp: dict[str, Any], info_before: dict[str, Any], info_after: dict[str, Any]) -> None:
     print(f"\npipeline: medians over reps of per-trial steady-state means; machine {info_before['cpus']} CPUs, "
           f"load {info_before['loadavg']} -> {info_after['loadavg']}")
-    print(f"{'schedule':<11} {'step s':>7} {'gen':>6} {'score':>6} {'train':>6} {'sync':>6} "
+    print(f"{'schedule':<15} {'step s':>7} {'gen':>6} {'score':>6} {'train':>6} {'sync':>6} "
           f"{'step/busiest':>12} {'step/bound':>10} {'x vs seq':>8}   logged: {'gen_busy':>8} {'score_busy':>10} "
           f"{'train':>6} {'sync':>6}")
     for name, c in cmp.items():
         lg = c["logged"]
-        print(f"{name:<11} {c['step_s']:7.2f} {c['generate_busy_s']:6.2f} {c['score_busy_s']:6.2f} "
+        print(f"{name:<15} {c['step_s']:7.2f} {c['generate_busy_s']:6.2f} {c['score_busy_s']:6.2f} "
               f"{c['train_busy_s']:6.2f} {c['sync_busy_s']:6.2f} {c['step_over_busiest']:12.2f} "
               f"{c['step_over_bound']:10.2f} "
               f"{c['speedup_vs_sequential']:8.2f}   {'':8}{lg['logged_generate_busy_s']:8.2f} "

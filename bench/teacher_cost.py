@@ -27,7 +27,9 @@ steps of each trial without its first and last, i.e. pipeline fill and drain):
 
 ``--ppr 4 1`` adds ``rollout.prompts_per_request`` as a third axis (side by side too):
 smaller requests let scoring start sooner and leave a shorter unscored tail after the
-last generation, at the price of smaller generation batches.
+last generation, at the price of smaller generation batches. ``--stream-groups 1 0``
+adds ``rollout.stream_groups`` as a fourth: workers yield each group as it finishes
+decoding (1, the default) or return whole requests (0, variants suffixed ``_whole``).
 """
 
 from __future__ import annotations
@@ -54,26 +56,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--staleness", type=int, nargs="+", default=[0, 1], choices=[0, 1])
     ap.add_argument("--ppr", type=int, nargs="+", default=[4],
                     help="rollout.prompts_per_request values to compare (smaller: scoring streams sooner)")
+    ap.add_argument("--stream-groups", type=int, nargs="+", default=[1], choices=[1, 0],
+                    help="rollout.stream_groups values to compare (1: groups stream as they finish)")
     ap.add_argument("--student-sft-steps", type=int, default=200,
                     help="SFT steps for the student so some rollouts are correct (0: random student)")
     return ap.parse_args(argv)
 
 
-def variant(algo: str, staleness: int, ppr: int) -> str:
-    return f"{algo}_s{staleness}_ppr{ppr}"
+Case = tuple[int, int, int]  # (max_staleness, prompts_per_request, stream_groups)
 
 
-def settings(staleness: list[int], pprs: list[int]) -> list[tuple[int, int]]:
-    return [(s, p) for s in staleness for p in pprs]
+def variant(algo: str, staleness: int, ppr: int, stream: int = 1) -> str:
+    return f"{algo}_s{staleness}_ppr{ppr}" + ("" if stream else "_whole")
 
 
-def figures(summaries: list[dict[str, Any]], cases: list[tuple[int, int]], reps: int) -> dict[str, Any]:
+def case_name(s: int, p: int, g: int) -> str:
+    return f"s{s}_ppr{p}" + ("" if g else "_whole")
+
+
+def settings(staleness: list[int], pprs: list[int], streams: list[int] = (1,)) -> list[Case]:
+    return [(s, p, g) for s in staleness for p in pprs for g in streams]
+
+
+def figures(summaries: list[dict[str, Any]], cases: list[Case], reps: int) -> dict[str, Any]:
     by = {(s["rep"], s["name"]): s["mean"] for s in summaries}
     out: dict[str, Any] = {}
-    for s, p in cases:
+    for s, p, g in cases:
         for algo in ALGOS:
-            ms = [by[(r, variant(algo, s, p))] for r in range(reps)]
-            out[variant(algo, s, p)] = {
+            ms = [by[(r, variant(algo, s, p, g))] for r in range(reps)]
+            out[variant(algo, s, p, g)] = {
                 **medians(ms, ("step_s", "accuracy", "rollout_tokens", "scored_tokens", "logged_score_busy_s")),
                 "teacher_real_tokens": median([m["teacher_tokens"] for m in ms]),
                 "teacher_forward_s": median([m["score_busy_s"] for m in ms]),
@@ -81,8 +92,8 @@ def figures(summaries: list[dict[str, Any]], cases: list[tuple[int, int]], reps:
                 "share_alone": median([m["score_alone_s"] / m["step_s"] for m in ms]),
                 "forward_share": median([m["score_busy_s"] / m["step_s"] for m in ms]),
             }
-        pairs = [(by[(r, variant("scope", s, p))], by[(r, variant("opd", s, p))]) for r in range(reps)]
-        out[f"ratio_s{s}_ppr{p}"] = {
+        pairs = [(by[(r, variant("scope", s, p, g))], by[(r, variant("opd", s, p, g))]) for r in range(reps)]
+        out[f"ratio_{case_name(s, p, g)}"] = {
             "scored_tokens_scope_over_opd": median([a["scored_tokens"] / max(b["scored_tokens"], 1) for a, b in pairs]),
             "teacher_s_scope_over_opd": median([a["score_busy_s"] / max(b["score_busy_s"], 1e-9) for a, b in pairs]),
             "step_s_scope_over_opd": median([a["step_s"] / b["step_s"] for a, b in pairs]),
@@ -90,27 +101,27 @@ def figures(summaries: list[dict[str, Any]], cases: list[tuple[int, int]], reps:
     return out
 
 
-def print_table(fig: dict[str, Any], cases: list[tuple[int, int]], info: dict[str, Any],
+def print_table(fig: dict[str, Any], cases: list[Case], info: dict[str, Any],
                 info_after: dict[str, Any]) -> None:
     print(f"\nteacher cost per step (medians over reps of steady-state means); {info['cpus']} CPUs, load "
           f"{info['loadavg']} -> {info_after['loadavg']}")
-    print(f"{'variant':<14} {'acc':>5} {'rollout tok':>11} {'scored tok':>10} {'teacher s':>9} {'logged s':>8} "
+    print(f"{'variant':<20} {'acc':>5} {'rollout tok':>11} {'scored tok':>10} {'teacher s':>9} {'logged s':>8} "
           f"{'step s':>6} {'fwd/step':>8} {'share vs gen':>12} {'share alone':>11}")
-    for s, p in cases:
+    for s, p, g in cases:
         for algo in ALGOS:
-            f = fig[variant(algo, s, p)]
-            print(f"{variant(algo, s, p):<14} {f['accuracy']:5.2f} {f['rollout_tokens']:11.0f} "
+            f = fig[variant(algo, s, p, g)]
+            print(f"{variant(algo, s, p, g):<20} {f['accuracy']:5.2f} {f['rollout_tokens']:11.0f} "
                   f"{f['scored_tokens']:10.0f} "
                   f"{f['teacher_forward_s']:9.3f} {f['logged_score_busy_s']:8.3f} {f['step_s']:6.2f} "
                   f"{f['forward_share']:8.1%} {f['share_vs_generation']:12.1%} {f['share_alone']:11.1%}")
-        r = fig[f"ratio_s{s}_ppr{p}"]
-        print(f"  s{s} ppr{p}: SCOPE/OPD scored tokens {r['scored_tokens_scope_over_opd']:.2f}, teacher seconds "
+        r = fig[f"ratio_{case_name(s, p, g)}"]
+        print(f"  {case_name(s, p, g)}: SCOPE/OPD scored tokens {r['scored_tokens_scope_over_opd']:.2f}, teacher seconds "
               f"{r['teacher_s_scope_over_opd']:.2f}, step time {r['step_s_scope_over_opd']:.2f}")
-    for s, p in cases:
-        share = fig[variant("scope", s, p)]["share_vs_generation"]
-        print(f"target SCOPE teacher share <= {SHARE_TARGET:.0%} (s{s} ppr{p}, score not overlapped with generation): "
-              f"{share:.1%} ({'met' if share <= SHARE_TARGET else 'NOT met'}); teacher alone "
-              f"{fig[variant('scope', s, p)]['share_alone']:.1%}")
+    for s, p, g in cases:
+        share = fig[variant("scope", s, p, g)]["share_vs_generation"]
+        print(f"target SCOPE teacher share <= {SHARE_TARGET:.0%} ({case_name(s, p, g)}, score not overlapped with "
+              f"generation): {share:.1%} ({'met' if share <= SHARE_TARGET else 'NOT met'}); teacher alone "
+              f"{fig[variant('scope', s, p, g)]['share_alone']:.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     info_before = machine_info()
     logger.info("%s", load_line("start"))
-    cases = settings(args.staleness, args.ppr)
+    cases = settings(args.staleness, args.ppr, args.stream_groups)
     inputs = prepare_inputs(args.work_dir, student_sft_steps=args.student_sft_steps)
     base = [*SMALL_STEP, "trainer.schedule=stream", *args.overrides]
     cluster = Cluster(inputs, [*base, "algorithm.name=scope"], args.work_dir / "teacher_cost", num_cpus=args.num_cpus)
@@ -128,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         learner_of = {"scope": "default", "opd": "opd"}
         if args.warmup_steps:
             cluster.trial("warmup", [f"trainer.total_steps={args.warmup_steps}"])
-        names = [(algo, s, p) for s, p in cases for algo in ALGOS]
-        for rep, (algo, s, p) in interleave(names, args.reps):
-            logger.info("rep %d %s  %s", rep, variant(algo, s, p), load_line("now"))
-            trials.append(cluster.trial(variant(algo, s, p), [
+        names = [(algo, s, p, g) for s, p, g in cases for algo in ALGOS]
+        for rep, (algo, s, p, g) in interleave(names, args.reps):
+            logger.info("rep %d %s  %s", rep, variant(algo, s, p, g), load_line("now"))
+            trials.append(cluster.trial(variant(algo, s, p, g), [
                 f"algorithm.name={algo}", f"trainer.max_staleness={s}", f"rollout.prompts_per_request={p}",
+                f"rollout.stream_groups={'true' if g else 'false'}",
                 f"trainer.total_steps={args.steps}"], learner=learner_of[algo]))
             reps.append(rep)
     finally:

@@ -28,17 +28,16 @@ def baseline(ray_session, tiny_bootstrap, tmp_path_factory) -> Path:
 
 def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_bootstrap, baseline, tmp_path,
                                                           monkeypatch, caplog) -> None:
-    finished = {"generate": 0}
-    original = StepStream._finish
+    received = {"groups": 0}
+    original = StepStream._on_generated
 
-    def kill_then_finish(self: StepStream, ref: ray.ObjectRef) -> None:
-        if self._pending[ref].kind == "generate":
-            finished["generate"] += 1
-            # Step 1 has 4 generate calls; when the first of step 2 has returned, the
-            # worker is running or queueing the other 3: kill it under them.
-            if finished["generate"] == 5:
-                ray.kill(self.workers[0], no_restart=False)
-        original(self, ref)
+    def kill_after_fifth_group(self: StepStream, items: list, results: list) -> None:
+        original(self, items, results)
+        received["groups"] += len(items)
+        # Step 1 has 4 one-prompt calls; when the first group of step 2 is in, the worker
+        # is running or queueing the other 3: kill it under them.
+        if received["groups"] == 5:
+            ray.kill(self.workers[0], no_restart=False)
 
     def kill_between_steps(trainer: Any, step: int, metrics: dict) -> None:
         if step == 2:
@@ -49,18 +48,18 @@ def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_boot
             ray.kill(w, no_restart=False)
             wait_restarted(w, pid)
 
-    monkeypatch.setattr(StepStream, "_finish", kill_then_finish)
+    monkeypatch.setattr(StepStream, "_on_generated", kill_after_fifth_group)
     with caplog.at_level(logging.WARNING, logger="scope_ray.controller"):
         trainer, summary = run_trainer(fault_cfg(tiny_bootstrap, tmp_path), tmp_path, kill_between_steps)
     warnings = [r.getMessage() for r in caplog.records]
     # Both ways of noticing: calls lost with the actor (step 2), and rollouts that come
     # back from the initial model (step 3: no call was lost, the version gives it away).
-    assert any("generate() failed, the actor died" in m for m in warnings)
+    assert any("generate_stream() failed, the actor died" in m for m in warnings)
     assert any("returned policy version 0, expected 2" in m for m in warnings)
 
     assert summary.steps == 3
-    # 12 calls, at least one re-issued mid-step 2, all 4 of step 3 (stale version).
-    assert finished["generate"] >= 12 + 1 + 4
+    # Lost and stale groups were re-issued, and each of the 3 x 4 groups accepted once.
+    assert received["groups"] == 12
     assert trainer.rollout_recoveries == 2  # one weight re-sync per restart, not per lost call
     assert_same_steps(train_rows(tmp_path), train_rows(baseline))
     steps = [r for r in rows(tmp_path) if "learner/loss" in r]

@@ -1,9 +1,11 @@
 """Stream one step's prompts through generation, verification and teacher scoring.
 
-Prompts go to the rollout workers in small requests (``prompts_per_request``). As soon
-as a request returns, its groups are verified; the rollouts that need a teacher signal
-go to a teacher replica while other groups are still generating. A step's groups are
-complete when every generation and scoring call has come back.
+Prompts go to the rollout workers in requests of ``prompts_per_request``. With
+``stream_groups`` (the default) a worker yields each group the moment its G samples are
+done (``RolloutWorker.generate_stream``, a Ray streaming generator); otherwise a whole
+request comes back at once. Each group that arrives is verified and the rollouts that
+need a teacher signal go to a teacher replica while the other groups are still decoding.
+A step's groups are complete when every generation and scoring call has come back.
 
 Every wait has a timeout from config; a call that does not return in time becomes an
 error naming the actor and the call, instead of a silent hang.
@@ -12,8 +14,9 @@ Faults: a rollout worker that dies is restarted by Ray (``max_restarts``) from t
 initial model, so before its prompts are re-issued the trainer's ``recover_worker``
 pushes it the current weights. A worker that restarted unnoticed (between calls) is
 caught by the policy version its rollouts carry. Re-issued requests keep their
-per-prompt seeds, so they give the same groups; a failed call contributes none, so
-every group of the step is counted exactly once (checked in :meth:`StepStream.collect`).
+per-prompt seeds, so they give the same groups; only the groups a failed call had not
+yet delivered are re-issued, so every group of the step is counted exactly once (checked
+in :meth:`StepStream.collect`).
 A scoring call whose teacher replica died goes to the next replica (Ray itself first
 retries it on the restarted replica, ``max_task_retries``).
 """
@@ -74,6 +77,7 @@ class _Pending:
     index: int = 0  # the worker or replica it went to
     attempt: int = 0  # re-issues so far
     version: int = 0  # generate: the policy version the worker must hold
+    delivered: set[int] = field(default_factory=set)  # generate: positions already received
 
 
 Verifier = Callable[[list[str], list[str]], list[Any]]
@@ -97,6 +101,7 @@ class StepStream:
         generate_timeout_s: float,
         score_timeout_s: float,
         sequential: bool = False,
+        stream_groups: bool = True,
         sampling: dict[str, Any] | None = None,
         policy_version: int = 0,
         recover_worker: WorkerRecovery | None = None,
@@ -115,6 +120,7 @@ class StepStream:
         self.score_timeout_s = score_timeout_s
         # sequential: generate everything, then score everything (benchmark baseline).
         self.sequential = sequential
+        self.stream_groups = stream_groups
         self.sampling = sampling
         # The weights version every worker holds when this stream starts; rollouts that
         # carry another one come from a worker that restarted from the initial model.
@@ -148,7 +154,9 @@ class StepStream:
 
     def _submit_generate(self, w: int, items: list[PromptItem], reqs: list[GenerationRequest], *,
                          attempt: int, version: int) -> None:
-        ref = self.workers[w].generate.remote(reqs, self.sampling)
+        worker = self.workers[w]
+        call = worker.generate_stream if self.stream_groups else worker.generate
+        ref = call.remote(reqs, self.sampling)  # an ObjectRefGenerator when streaming
         self._pending[ref] = _Pending("generate", f"rollout worker {w}", time.perf_counter(), (items, reqs),
                                       index=w, attempt=attempt, version=version)
 
@@ -196,32 +204,25 @@ class StepStream:
                 call = "generate" if p.kind == "generate" else "score"
                 raise RemoteCallError(f"{p.actor_name}: {call}() did not return within {limit:.0f} s")
 
-    def _finish(self, ref: ray.ObjectRef) -> None:
+    def _finish(self, ref: ray.ObjectRef | ray.ObjectRefGenerator) -> None:
+        if isinstance(ref, ray.ObjectRefGenerator):
+            self._next_streamed_group(ref)
+            return
         p = self._pending.pop(ref)
         call = "generate" if p.kind == "generate" else "score"
         try:
             result = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            # The actor died (Ray may be restarting it): the call's work is lost, redo it.
-            if p.kind == "score" and isinstance(exc, ray.exceptions.ActorDiedError):
-                self.dead_teachers.add(p.index)
-            if self._reissue(p, f"{call}() failed, the actor died ({_first_line(exc)})"):
-                return
-            raise RemoteCallError(f"{p.actor_name}: {call}() failed: {exc}") from exc
+            self._lost(p, call, exc)
+            return
         except Exception as exc:  # noqa: BLE001 - re-raised with the actor's name
             raise RemoteCallError(f"{p.actor_name}: {call}() failed: {exc}") from exc
         elapsed = time.perf_counter() - p.submitted
         if p.kind == "generate":
-            foreign = _foreign_version(result, p.version)
-            if foreign is not None:
-                reason = f"returned policy version {foreign}, expected {p.version} (restarted from the initial model)"
-                if self._reissue(p, reason):
-                    return
-                raise RemoteCallError(f"{p.actor_name}: generate() {reason}")
-            self.clock.generate_calls += elapsed
+            if not self._accept_version(p, result):
+                return
             self._on_generated(p.payload[0], result)
-            if not any(q.kind == "generate" for q in self._pending.values()):
-                self.clock.generate_done = self.clock.now()
+            self._generate_call_done(p)
         else:
             self.clock.score_calls += elapsed
             group, indices, _ = p.payload
@@ -229,6 +230,58 @@ class StepStream:
             self._groups.append(group)
             if not self._pending:
                 self.clock.score_done = self.clock.now()
+
+    def _next_streamed_group(self, gen: ray.ObjectRefGenerator) -> None:
+        """Take the next ``(position, rollouts)`` a worker yielded, or its end of stream."""
+        p = self._pending[gen]
+        items = p.payload[0]
+        try:
+            ref = next(gen)
+        except StopIteration:
+            del self._pending[gen]
+            if len(p.delivered) != len(items):
+                raise RemoteCallError(f"{p.actor_name}: generate_stream() ended after "
+                                      f"{len(p.delivered)} of {len(items)} groups") from None
+            self._generate_call_done(p)
+            return
+        try:
+            position, rollouts = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            del self._pending[gen]
+            self._lost(p, "generate_stream", exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - re-raised with the actor's name
+            raise RemoteCallError(f"{p.actor_name}: generate_stream() failed: {exc}") from exc
+        if position in p.delivered or not 0 <= position < len(items):
+            raise RemoteCallError(f"{p.actor_name}: generate_stream() yielded position {position} "
+                                  f"twice or out of range (0..{len(items) - 1})")
+        if not self._accept_version(p, [rollouts]):
+            del self._pending[gen]  # what it still yields comes from the same stale weights
+            return
+        p.delivered.add(position)
+        self._on_generated([items[position]], [rollouts])
+
+    def _lost(self, p: _Pending, call: str, exc: ray.exceptions.RayActorError) -> None:
+        """The actor died (Ray may be restarting it): the call's work is lost, redo it."""
+        if p.kind == "score" and isinstance(exc, ray.exceptions.ActorDiedError):
+            self.dead_teachers.add(p.index)
+        if not self._reissue(p, f"{call}() failed, the actor died ({_first_line(exc)})"):
+            raise RemoteCallError(f"{p.actor_name}: {call}() failed: {exc}") from exc
+
+    def _accept_version(self, p: _Pending, results: list[list[Any]]) -> bool:
+        """False (and the call re-issued) if the rollouts come from a restarted worker."""
+        foreign = _foreign_version(results, p.version)
+        if foreign is None:
+            return True
+        reason = f"returned policy version {foreign}, expected {p.version} (restarted from the initial model)"
+        if not self._reissue(p, reason):
+            raise RemoteCallError(f"{p.actor_name}: generate() {reason}")
+        return False
+
+    def _generate_call_done(self, p: _Pending) -> None:
+        self.clock.generate_calls += time.perf_counter() - p.submitted
+        if not any(q.kind == "generate" for q in self._pending.values()):
+            self.clock.generate_done = self.clock.now()
 
     def _on_generated(self, items: list[PromptItem], results: list[list[Any]]) -> None:
         if len(results) != len(items):
@@ -283,7 +336,10 @@ class StepStream:
         if p.kind == "generate":
             if self.recover_worker is None:
                 return False
-            items, reqs = p.payload
+            # Only what the call had not delivered yet (a stream may have sent some).
+            todo = [k for k in range(len(p.payload[0])) if k not in p.delivered]
+            items = [p.payload[0][k] for k in todo]
+            reqs = [p.payload[1][k] for k in todo]
             logger.warning("%s: %s; re-issuing its %d prompt(s)", p.actor_name, reason, len(items))
             try:
                 version = self.recover_worker(p.index)

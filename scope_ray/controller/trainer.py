@@ -135,7 +135,7 @@ class Trainer:
             self.parts.rollout_workers, self.parts.teachers, self.parts.verify, self.spec,
             prompts_per_request=c.rollout.prompts_per_request, group_size=c.rollout.group_size,
             generate_timeout_s=c.trainer.generate_timeout_s, score_timeout_s=c.trainer.score_timeout_s,
-            sequential=c.trainer.schedule == "sequential",
+            sequential=c.trainer.schedule == "sequential", stream_groups=c.rollout.stream_groups,
             policy_version=self.version, recover_worker=self.recover_rollout_worker,
             max_retries=c.trainer.actor_max_restarts, dead_teachers=self._dead_teachers,
             kl_beta=c.algorithm.kl_beta if self.spec.needs_reference else 0.0,
