@@ -86,8 +86,8 @@ class RolloutWorker:
             n=n,
             seed=seed,
             logprobs=0,  # only the sampled token's log-prob
-            # One output per request, with all n samples, once the last one is done (what
-            # LLM.generate sets; the engine's default streams each sample's tokens).
+            # One output per request, once it is done (what LLM.generate sets; the
+            # engine's default streams every token).
             output_kind=RequestOutputKind.FINAL_ONLY,
             **asdict(sampling),
         )
@@ -102,26 +102,29 @@ class RolloutWorker:
         runs; otherwise the seed comes from (engine seed, worker index, count of
         requests this worker has served), reproducible for the same call sequence.
         """
-        groups: list[list[Rollout]] = [[] for _ in requests]
-        for position, rollouts in self._groups_as_done(requests, sampling):
-            groups[position] = rollouts
-        return groups
+        groups: list[list[Rollout | None]] = [[None] * r.n for r in requests]
+        for done in self._rollouts_as_done(requests, sampling):
+            for position, index, rollout in done:
+                groups[position][index] = rollout
+        return groups  # type: ignore[return-value]  # every slot is filled
 
     def generate_stream(
         self, requests: list[GenerationRequest], sampling: SamplingConfig | dict[str, Any] | None = None
-    ) -> Iterator[tuple[int, list[Rollout]]]:
-        """Like :meth:`generate`, but yields ``(position in requests, rollouts)`` for each
-        request as soon as its G samples are finished (a Ray streaming generator).
+    ) -> Iterator[list[tuple[int, int, Rollout]]]:
+        """Like :meth:`generate`, but a Ray streaming generator: yields the samples that
+        finished in each engine step, as ``[(position in requests, sample index,
+        rollout), ...]``, as soon as that step is done (one item per step, not per
+        sample: each item costs an object-store put).
 
-        All requests still run in one vLLM batch, so the engine batches as well as with
-        :meth:`generate`, while the controller can verify and teacher-score the groups
-        that are done while the others are still decoding.
+        All samples still decode in one vLLM batch, so the engine batches as well as for
+        :meth:`generate`, while the controller verifies and teacher-scores the samples
+        that are done (short ones finish early) as the long ones are still decoding.
         """
-        yield from self._groups_as_done(requests, sampling)
+        yield from self._rollouts_as_done(requests, sampling)
 
-    def _groups_as_done(
+    def _rollouts_as_done(
         self, requests: list[GenerationRequest], sampling: SamplingConfig | dict[str, Any] | None
-    ) -> Iterator[tuple[int, list[Rollout]]]:
+    ) -> Iterator[list[tuple[int, int, Rollout]]]:
         from vllm.inputs import TokensPrompt
 
         if not requests:
@@ -133,33 +136,41 @@ class RolloutWorker:
         cfg = SamplingConfig.coerce(sampling, self.sampling)
         t0 = time.perf_counter()
         # add_request + step is the loop LLM.generate runs, minus the wait for the whole
-        # batch: a request's output is final once all n of its samples are done. Outputs
-        # carry the id we pass in (vLLM adds a random suffix only internally).
-        positions: dict[str, int] = {}
+        # batch. Each of a request's n samples is its own engine request with seed + j,
+        # which is exactly how vLLM fans out n > 1 (same samples), but every sample is
+        # reported when it ends. Outputs carry the id we pass in.
+        slots: dict[str, tuple[int, int]] = {}
         n_tok = 0
         try:
-            for i, req in enumerate(requests):
+            for position, req in enumerate(requests):
                 seed = req.seed
                 if seed is None:
                     seed = request_seed(self.engine_opts.seed, self.worker_index, self._calls)
-                rid = f"w{self.worker_index}-r{self._calls}"
+                call = self._calls
                 self._calls += 1
-                engine.add_request(rid, TokensPrompt(prompt_token_ids=list(req.prompt_ids)), self._params(req.n, seed, cfg))
-                positions[rid] = i
-            while positions and engine.has_unfinished_requests():
+                prompt = TokensPrompt(prompt_token_ids=list(req.prompt_ids))
+                for j in range(req.n):
+                    rid = f"w{self.worker_index}-r{call}-s{j}"
+                    engine.add_request(rid, prompt, self._params(1, seed + j, cfg))
+                    slots[rid] = (position, j)
+            total = len(slots)
+            while slots and engine.has_unfinished_requests():
+                done = []
                 for out in engine.step():
-                    if out.finished and out.request_id in positions:
-                        rollouts = [self._rollout(c) for c in sorted(out.outputs, key=lambda c: c.index)]
-                        n_tok += sum(len(r.response_ids) for r in rollouts)
-                        yield positions.pop(out.request_id), rollouts
-            if positions:
+                    if out.finished and out.request_id in slots:
+                        rollout = self._rollout(out.outputs[0])
+                        n_tok += len(rollout.response_ids)
+                        done.append((*slots.pop(out.request_id), rollout))
+                if done:
+                    yield done
+            if slots:
                 raise RuntimeError(f"rollout worker {self.worker_index}: vLLM finished without "
-                                   f"{len(positions)} of {len(requests)} requests")
+                                   f"{len(slots)} of {total} samples")
         finally:
-            if positions and engine.has_unfinished_requests():
+            if slots and engine.has_unfinished_requests():
                 # A request was refused, a step failed or the consumer stopped early:
                 # leave the engine empty for the next call.
-                engine.abort_request(list(positions))
+                engine.abort_request(list(slots))
         logger.debug("worker %d: %d prompts, %d tokens in %.2fs", self.worker_index, len(requests), n_tok,
                      time.perf_counter() - t0)
 

@@ -441,7 +441,7 @@ def attach_spans(trials: Sequence[Trial]) -> None:
 
 # --------------------------------------------------------------------------- per-step stage busy time
 
-# Whole-request calls, or streams that yield each group as it finishes (rollout.stream_groups).
+# Whole-request calls, or streams that yield each sample as it finishes (rollout.stream_rollouts).
 GENERATE = ("RolloutWorker.generate", "RolloutWorker.generate_stream")
 UPDATE = "RolloutWorker.update_weights"
 TRAIN = "LearnerWorker.train_step"

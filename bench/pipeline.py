@@ -9,9 +9,9 @@ Schedules (``trainer.schedule`` / ``trainer.max_staleness``):
 - ``stream_s0``: teacher scoring streams behind generation, strictly on-policy;
 - ``stream_s1``: as stream_s0, and the next step generates (and is scored) while the
   learner trains (one policy version of lag);
-- ``stream_s0_whole`` / ``stream_s1_whole``: the same with ``rollout.stream_groups=false``,
+- ``stream_s0_whole`` / ``stream_s1_whole``: the same with ``rollout.stream_rollouts=false``,
   i.e. a worker returns a whole request (``prompts_per_request`` groups) at once instead
-  of yielding each group as it finishes decoding.
+  of yielding each sample as it finishes decoding.
 
 One set of actors serves every trial (the learner is reloaded from its initial
 checkpoint and the rollout workers get those weights back before each trial), trials
@@ -42,8 +42,8 @@ SCHEDULES: dict[str, list[str]] = {
     "sequential": ["trainer.schedule=sequential", "trainer.max_staleness=0"],
     "stream_s0": ["trainer.schedule=stream", "trainer.max_staleness=0"],
     "stream_s1": ["trainer.schedule=stream", "trainer.max_staleness=1"],
-    "stream_s0_whole": ["trainer.schedule=stream", "trainer.max_staleness=0", "rollout.stream_groups=false"],
-    "stream_s1_whole": ["trainer.schedule=stream", "trainer.max_staleness=1", "rollout.stream_groups=false"],
+    "stream_s0_whole": ["trainer.schedule=stream", "trainer.max_staleness=0", "rollout.stream_rollouts=false"],
+    "stream_s1_whole": ["trainer.schedule=stream", "trainer.max_staleness=1", "rollout.stream_rollouts=false"],
 }
 RATIO_TARGET = 1.25
 SPEEDUP_TARGET = 1.3

@@ -27,8 +27,8 @@ steps of each trial without its first and last, i.e. pipeline fill and drain):
 
 ``--ppr 4 1`` adds ``rollout.prompts_per_request`` as a third axis (side by side too):
 smaller requests let scoring start sooner and leave a shorter unscored tail after the
-last generation, at the price of smaller generation batches. ``--stream-groups 1 0``
-adds ``rollout.stream_groups`` as a fourth: workers yield each group as it finishes
+last generation, at the price of smaller generation batches. ``--stream-rollouts 1 0``
+adds ``rollout.stream_rollouts`` as a fourth: workers yield each sample as it finishes
 decoding (1, the default) or return whole requests (0, variants suffixed ``_whole``).
 """
 
@@ -56,14 +56,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--staleness", type=int, nargs="+", default=[0, 1], choices=[0, 1])
     ap.add_argument("--ppr", type=int, nargs="+", default=[4],
                     help="rollout.prompts_per_request values to compare (smaller: scoring streams sooner)")
-    ap.add_argument("--stream-groups", type=int, nargs="+", default=[1], choices=[1, 0],
-                    help="rollout.stream_groups values to compare (1: groups stream as they finish)")
+    ap.add_argument("--stream-rollouts", type=int, nargs="+", default=[1], choices=[1, 0],
+                    help="rollout.stream_rollouts values to compare (1: samples stream as they finish)")
     ap.add_argument("--student-sft-steps", type=int, default=200,
                     help="SFT steps for the student so some rollouts are correct (0: random student)")
     return ap.parse_args(argv)
 
 
-Case = tuple[int, int, int]  # (max_staleness, prompts_per_request, stream_groups)
+Case = tuple[int, int, int]  # (max_staleness, prompts_per_request, stream_rollouts)
 
 
 def variant(algo: str, staleness: int, ppr: int, stream: int = 1) -> str:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     info_before = machine_info()
     logger.info("%s", load_line("start"))
-    cases = settings(args.staleness, args.ppr, args.stream_groups)
+    cases = settings(args.staleness, args.ppr, args.stream_rollouts)
     inputs = prepare_inputs(args.work_dir, student_sft_steps=args.student_sft_steps)
     base = [*SMALL_STEP, "trainer.schedule=stream", *args.overrides]
     cluster = Cluster(inputs, [*base, "algorithm.name=scope"], args.work_dir / "teacher_cost", num_cpus=args.num_cpus)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("rep %d %s  %s", rep, variant(algo, s, p, g), load_line("now"))
             trials.append(cluster.trial(variant(algo, s, p, g), [
                 f"algorithm.name={algo}", f"trainer.max_staleness={s}", f"rollout.prompts_per_request={p}",
-                f"rollout.stream_groups={'true' if g else 'false'}",
+                f"rollout.stream_rollouts={'true' if g else 'false'}",
                 f"trainer.total_steps={args.steps}"], learner=learner_of[algo]))
             reps.append(rep)
     finally:

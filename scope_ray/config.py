@@ -64,11 +64,11 @@ class RolloutConfig:
     top_k: int = -1
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.85
-    # Prompts per generate call: larger batches decode better; with stream_groups the
-    # groups still reach the teacher one by one, as each finishes decoding.
+    # Prompts per generate call: larger batches decode better; with stream_rollouts the
+    # samples still reach the verifier and teacher one by one, as each finishes decoding.
     prompts_per_request: int = 4
-    # Workers yield each group as soon as its G samples are done (false: whole requests).
-    stream_groups: bool = True
+    # Workers yield each sample as soon as it is finished (false: whole requests).
+    stream_rollouts: bool = True
     num_cpus: float = 0.5
     num_gpus: float = 0.0
     weight_sync: Literal["safetensors", "nccl"] = "safetensors"

@@ -28,15 +28,17 @@ def baseline(ray_session, tiny_bootstrap, tmp_path_factory) -> Path:
 
 def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_bootstrap, baseline, tmp_path,
                                                           monkeypatch, caplog) -> None:
-    received = {"groups": 0}
+    accepted = {"samples": 0, "killed": False}
     original = StepStream._on_generated
 
-    def kill_after_fifth_group(self: StepStream, items: list, results: list) -> None:
-        original(self, items, results)
-        received["groups"] += len(items)
-        # Step 1 has 4 one-prompt calls; when the first group of step 2 is in, the worker
-        # is running or queueing the other 3: kill it under them.
-        if received["groups"] == 5:
+    def kill_in_step_two(self: StepStream, samples: list) -> None:
+        before = sum(len(v) for v in self._arrived.values())
+        original(self, samples)
+        accepted["samples"] += sum(len(v) for v in self._arrived.values()) - before
+        # Step 1 is 4 one-prompt calls x 4 samples; once a sample of step 2 is in, the
+        # worker is inside that call with 3 more queued: kill it under them.
+        if accepted["samples"] > 16 and not accepted["killed"]:
+            accepted["killed"] = True
             ray.kill(self.workers[0], no_restart=False)
 
     def kill_between_steps(trainer: Any, step: int, metrics: dict) -> None:
@@ -48,7 +50,7 @@ def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_boot
             ray.kill(w, no_restart=False)
             wait_restarted(w, pid)
 
-    monkeypatch.setattr(StepStream, "_on_generated", kill_after_fifth_group)
+    monkeypatch.setattr(StepStream, "_on_generated", kill_in_step_two)
     with caplog.at_level(logging.WARNING, logger="scope_ray.controller"):
         trainer, summary = run_trainer(fault_cfg(tiny_bootstrap, tmp_path), tmp_path, kill_between_steps)
     warnings = [r.getMessage() for r in caplog.records]
@@ -58,8 +60,8 @@ def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_boot
     assert any("returned policy version 0, expected 2" in m for m in warnings)
 
     assert summary.steps == 3
-    # Lost and stale groups were re-issued, and each of the 3 x 4 groups accepted once.
-    assert received["groups"] == 12
+    # Lost and stale samples were re-issued, and each of the 3 x 4 x 4 taken once.
+    assert accepted["samples"] == 48
     assert trainer.rollout_recoveries == 2  # one weight re-sync per restart, not per lost call
     assert_same_steps(train_rows(tmp_path), train_rows(baseline))
     steps = [r for r in rows(tmp_path) if "learner/loss" in r]

@@ -99,27 +99,26 @@ def test_seeded_requests_reproduce(worker) -> None:
     assert [r.response_ids for r in other] != [r.response_ids for r in first]
 
 
-def test_generate_stream_yields_every_group_once_as_generate_does(worker) -> None:
-    """The controller's path: the same seeded samples as generate(), one item per request,
-    yielded in the order the requests finish (vLLM decodes the batch in lockstep, so a
-    group is done when its longest sample is)."""
+def test_generate_stream_yields_every_sample_once_as_generate_does(worker) -> None:
+    """The controller's path: the same seeded samples as generate(), each once, yielded
+    in the order they finish (vLLM decodes the batch in lockstep, so a shorter response
+    is done sooner, and samples of equal length come in the same item)."""
     reqs = [GenerationRequest(uid=str(i), prompt_ids=p, n=3, seed=100 + i) for i, p in enumerate(PROMPTS)]
     sampling = {"temperature": 1.0, "max_tokens": 24}
     whole = ray.get(worker.generate.remote(reqs, sampling))
-    order = []
-    streamed = {}
+    order, item_lengths = [], []
     for ref in worker.generate_stream.remote(reqs, sampling):
-        position, rollouts = ray.get(ref, timeout=120)
-        assert position not in streamed
-        streamed[position] = rollouts
-        order.append(position)
-    assert sorted(order) == [0, 1, 2]
-    for position, group in enumerate(whole):
-        assert [r.response_ids for r in streamed[position]] == [r.response_ids for r in group]
-        for a, b in zip(streamed[position], group):
-            np.testing.assert_array_equal(a.response_logp, b.response_logp)
-    longest = [max(len(r.response_ids) for r in streamed[i]) for i in order]
-    assert longest == sorted(longest)
+        item = ray.get(ref, timeout=120)
+        item_lengths.append({len(rollout.response_ids) for _, _, rollout in item})
+        for position, index, rollout in item:
+            order.append((position, index))
+            expected = whole[position][index]
+            assert rollout.response_ids == expected.response_ids
+            np.testing.assert_array_equal(rollout.response_logp, expected.response_logp)
+    assert sorted(order) == [(p, j) for p in range(3) for j in range(3)]
+    assert all(len(lengths) == 1 for lengths in item_lengths)  # one engine step: one length
+    lengths = [lengths.pop() for lengths in item_lengths]
+    assert lengths == sorted(lengths) and len(set(lengths)) == len(lengths)
     # The engine is empty again: a plain call right after gives the same groups.
     again = ray.get(worker.generate.remote(reqs, sampling))
     assert [[r.response_ids for r in g] for g in again] == [[r.response_ids for r in g] for g in whole]

@@ -1,8 +1,8 @@
 """StepStream (scope_ray/controller/stream.py) on real Ray, with small stand-in actors.
 
 The stream is the thing under test; the rollout worker and teacher here are real Ray
-actors whose timing and failures the test controls (a yield every 0.4 s, a process that
-exits half-way through a call), which the vLLM-backed actors cannot give on demand. The
+actors whose timing and failures the test controls (a sample every 0.2 s, a process
+that exits half-way through a call), which the vLLM-backed actors cannot give on demand. The
 end-to-end runs with the real actors are in test_trainer.py and test_faults_actors.py.
 """
 
@@ -28,18 +28,19 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 GROUPS = 4
 G = 2
-GAP_S = 0.4  # between two groups a stand-in worker yields
+GAP_S = 0.2  # between two samples a stand-in worker yields
 
 
-def _group(req: GenerationRequest, version: int) -> list[Rollout]:
-    return [Rollout(response_ids=[7, 8, 9], response_logp=np.zeros(3, np.float32), text="wrong",
-                    finish_reason="stop", policy_version=version) for _ in range(req.n)]
+def _sample(j: int) -> Rollout:
+    # Sample 0 of each group is correct (SCOPE: no teacher), sample 1 is not.
+    return Rollout(response_ids=[7, 8, 9][: 2 + j], response_logp=np.zeros(2 + j, np.float32),
+                   text="right" if j == 0 else "wrong", finish_reason="stop", policy_version=0)
 
 
 @ray.remote(num_cpus=0, max_restarts=1, max_task_retries=0)
 class PacedWorker:
-    """Yields one group every GAP_S; in its first life (no ``marker`` file yet) it exits
-    after ``die_after`` groups when that is set."""
+    """Yields one sample every GAP_S; in its first life (no ``marker`` file yet) it exits
+    after ``die_after`` samples when that is set."""
 
     def __init__(self, marker: str = "", die_after: int = -1) -> None:
         self.first_life = bool(marker) and not os.path.exists(marker)
@@ -49,15 +50,19 @@ class PacedWorker:
         self.calls: list[tuple[str, int, float]] = []  # (method, prompts, end time)
 
     def generate_stream(self, requests: list[GenerationRequest], sampling=None):
-        for i, req in enumerate(requests):
-            if self.first_life and i == self.die_after:
+        # Samples finish interleaved across the prompts, as in a vLLM batch.
+        for k, (j, i) in enumerate((j, i) for j in range(G) for i in range(len(requests))):
+            if self.first_life and k == self.die_after:
                 os._exit(1)
             time.sleep(GAP_S)
-            yield i, _group(req, 0)
+            yield [(i, j, _sample(j))]
         self.calls.append(("generate_stream", len(requests), time.time()))
 
     def generate(self, requests: list[GenerationRequest], sampling=None):
-        out = [group for _, group in self.generate_stream(requests, sampling)]
+        out = [[None] * G for _ in requests]
+        for done in self.generate_stream(requests, sampling):
+            for i, j, rollout in done:
+                out[i][j] = rollout
         self.calls[-1] = ("generate", len(requests), time.time())
         return out
 
@@ -71,10 +76,10 @@ class RecordingTeacher:
         self.arrivals: list[float] = []
 
     def score(self, reqs: list[ScoreRequest]) -> list[np.ndarray]:
-        self.arrivals.append(time.time())
+        self.arrivals.append((time.time(), len(reqs)))
         return [np.full(len(r.response_ids), -1.0, np.float32) for r in reqs]
 
-    def get_arrivals(self) -> list[float]:
+    def get_arrivals(self) -> list[tuple[float, int]]:
         return self.arrivals
 
 
@@ -98,28 +103,35 @@ def _stream(workers, teacher, **kw) -> StepStream:
                       group_size=G, generate_timeout_s=60, score_timeout_s=60, **kw)
 
 
-@pytest.mark.parametrize("stream_groups", [True, False])
-def test_groups_reach_the_teacher_while_their_request_is_still_decoding(ray_session, stream_groups) -> None:
+@pytest.mark.parametrize("stream_rollouts", [True, False])
+def test_incorrect_samples_reach_the_teacher_while_their_request_is_still_decoding(ray_session,
+                                                                                  stream_rollouts) -> None:
     worker, teacher = PacedWorker.remote(), RecordingTeacher.remote()
     try:
-        groups = _stream([worker], teacher, stream_groups=stream_groups).start(_items(), seed=0).collect()
+        groups = _stream([worker], teacher, stream_rollouts=stream_rollouts).start(_items(), seed=0).collect()
         (_, prompts, generation_end), = ray.get(worker.get_calls.remote())
         arrivals = ray.get(teacher.get_arrivals.remote())
     finally:
         ray.kill(worker)
         ray.kill(teacher)
     assert prompts == GROUPS and [g.group_index for g in groups] == list(range(GROUPS))
-    assert all(t is not None and (t == -1.0).all() for g in groups for t in g.teacher_logp)
-    if stream_groups:
-        # One score call per group, the first about 3 gaps before the call returns.
+    for g in groups:
+        # SCOPE: the correct sample is not scored, the incorrect one is.
+        assert g.rewards == [1.0, 0.0] and g.teacher_logp[0] is None
+        assert g.teacher_logp[1] is not None and (g.teacher_logp[1] == -1.0).all()
+    assert sum(n for _, n in arrivals) == GROUPS
+    if stream_rollouts:
+        # The incorrect samples arrive one gap apart, each sent on arrival; the first
+        # about 3 gaps before generation ends.
         assert len(arrivals) == GROUPS
-        assert generation_end - arrivals[0] > 2 * GAP_S
+        assert generation_end - arrivals[0][0] > 2 * GAP_S
     else:
-        assert min(arrivals) >= generation_end
+        assert min(t for t, _ in arrivals) >= generation_end
 
 
 def test_a_worker_dying_mid_stream_gets_only_its_undelivered_prompts_again(ray_session, tmp_path, caplog) -> None:
-    worker = PacedWorker.remote(str(tmp_path / "lived"), die_after=2)
+    # Dies after 5 of 8 samples: every prompt's sample 0 and prompt 0's sample 1 are in.
+    worker = PacedWorker.remote(str(tmp_path / "lived"), die_after=5)
     teacher = RecordingTeacher.remote()
     recovered = []
 
@@ -134,13 +146,16 @@ def test_a_worker_dying_mid_stream_gets_only_its_undelivered_prompts_again(ray_s
         with caplog.at_level(logging.WARNING, logger="scope_ray.controller"):
             groups = stream.start(_items(), seed=0).collect()
         calls = ray.get(worker.get_calls.remote())
+        arrivals = ray.get(teacher.get_arrivals.remote())
     finally:
         ray.kill(worker)
         ray.kill(teacher)
     assert recovered == [0] and stream.retries == 1
     assert any("generate_stream() failed, the actor died" in r.getMessage()
-               and "re-issuing its 2 prompt(s)" in r.getMessage() for r in caplog.records)
-    # The restarted worker was asked for the 2 groups it had not sent, not all 4.
-    assert [(name, prompts) for name, prompts, _ in calls] == [("generate_stream", 2)]
-    assert sorted(g.group_index for g in groups) == list(range(GROUPS))
+               and "re-issuing its 3 prompt(s)" in r.getMessage() for r in caplog.records)
+    # The restarted worker was asked for the 3 prompts with a sample missing, not all 4.
+    assert [(name, prompts) for name, prompts, _ in calls] == [("generate_stream", 3)]
     assert [g.uid for g in groups] == [f"p{i}" for i in range(GROUPS)]
+    # Samples that came twice (sample 0 of the re-issued prompts) were taken once.
+    assert all(g.rewards == [1.0, 0.0] and g.teacher_logp[0] is None for g in groups)
+    assert sum(n for _, n in arrivals) == GROUPS

@@ -61,6 +61,8 @@ def test_run_writes_metrics_checkpoints_and_curves(uninterrupted):
         # Strictly on-policy: the learner recomputes what vLLM sampled (float32, CPU).
         assert r["learner/logp_gap"] < 1e-3, "rollout weights out of sync with the learner"
         assert r["rollout/staleness_max"] == 0
+        # Teacher scoring that outlasted generation is part of the step, never more.
+        assert 0.0 <= r["time/score_tail_s"] <= r["time/step_s"]
     assert (run_dir / "curves.png").stat().st_size > 1000
     assert any((run_dir / "tensorboard").iterdir())
     assert ckpt.latest_valid(run_dir).step == 3

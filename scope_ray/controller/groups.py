@@ -31,18 +31,25 @@ def scored_rollouts(spec: AlgorithmSpec, correct: torch.Tensor, kl_beta: float =
 
 
 def teacher_requests(
-    spec: AlgorithmSpec, group: RolloutGroup, kl_beta: float = 0.0
+    spec: AlgorithmSpec, group: RolloutGroup, kl_beta: float = 0.0, among: Sequence[int] | None = None
 ) -> tuple[list[int], list[ScoreRequest]]:
-    """Which rollouts of a verified group go to the scoring server, and the requests."""
-    correct = torch.tensor([r > 0.5 for r in group.rewards], dtype=torch.bool)
+    """Which rollouts of a verified group go to the scoring server, and the requests.
+
+    ``among``: decide only for these rollout indices (the controller asks per sample as
+    samples arrive: routing depends on a rollout's own verdict, not on its group's).
+    """
+    candidates = range(len(group.rollouts)) if among is None else among
+    correct = torch.tensor([group.rewards[i] > 0.5 for i in candidates], dtype=torch.bool)
     need = scored_rollouts(spec, correct, kl_beta).tolist()
-    idx = [i for i, n in enumerate(need) if n]
+    idx = [i for i, n in zip(candidates, need) if n]
     reqs = [ScoreRequest(prompt_ids=group.prompt_ids, response_ids=group.rollouts[i].response_ids) for i in idx]
     return idx, reqs
 
 
 def attach_teacher(group: RolloutGroup, indices: Sequence[int], scores: Sequence[np.ndarray]) -> None:
-    group.teacher_logp = [None] * len(group.rollouts)
+    """Store the scores of rollouts ``indices``; the others keep what they have (None)."""
+    if len(group.teacher_logp) != len(group.rollouts):
+        group.teacher_logp = [None] * len(group.rollouts)
     for i, s in zip(indices, scores):
         if len(s) != len(group.rollouts[i].response_ids):
             raise ValueError(

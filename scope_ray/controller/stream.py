@@ -1,11 +1,13 @@
 """Stream one step's prompts through generation, verification and teacher scoring.
 
 Prompts go to the rollout workers in requests of ``prompts_per_request``. With
-``stream_groups`` (the default) a worker yields each group the moment its G samples are
-done (``RolloutWorker.generate_stream``, a Ray streaming generator); otherwise a whole
-request comes back at once. Each group that arrives is verified and the rollouts that
-need a teacher signal go to a teacher replica while the other groups are still decoding.
-A step's groups are complete when every generation and scoring call has come back.
+``stream_rollouts`` (the default) a worker yields every sample the moment it is finished
+(``RolloutWorker.generate_stream``, a Ray streaming generator); otherwise a whole request
+comes back at once. Each sample that arrives is verified, and if it needs a teacher signal
+(SCOPE: it is incorrect; OPD: always) it is sent to a teacher replica while the longer
+samples are still decoding: routing needs only the sample's own verdict, so the teacher
+does not wait for the group. A group is complete when its G samples are in and scored;
+the step's groups are complete when every call has come back.
 
 Every wait has a timeout from config; a call that does not return in time becomes an
 error naming the actor and the call, instead of a silent hang.
@@ -13,12 +15,12 @@ error naming the actor and the call, instead of a silent hang.
 Faults: a rollout worker that dies is restarted by Ray (``max_restarts``) from the
 initial model, so before its prompts are re-issued the trainer's ``recover_worker``
 pushes it the current weights. A worker that restarted unnoticed (between calls) is
-caught by the policy version its rollouts carry. Re-issued requests keep their
-per-prompt seeds, so they give the same groups; only the groups a failed call had not
-yet delivered are re-issued, so every group of the step is counted exactly once (checked
-in :meth:`StepStream.collect`).
-A scoring call whose teacher replica died goes to the next replica (Ray itself first
-retries it on the restarted replica, ``max_task_retries``).
+caught by the policy version its rollouts carry. Only prompts whose group is not yet
+complete are re-issued; they keep their per-prompt seeds, so they give the same samples,
+and a sample that is already in is not taken twice. So every group of the step is
+counted exactly once (checked in :meth:`StepStream.collect`). A scoring call whose
+teacher replica died goes to the next replica (Ray itself first retries it on the
+restarted replica, ``max_task_retries``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import ray
 
 from scope_ray.algo import AlgorithmSpec
 from scope_ray.controller.groups import attach_teacher, teacher_requests
-from scope_ray.types import GenerationRequest, RolloutGroup
+from scope_ray.types import GenerationRequest, Rollout, RolloutGroup, ScoreRequest
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +69,26 @@ class StageClock:
     def now(self) -> float:
         return time.perf_counter() - self.start
 
+    @property
+    def score_tail_s(self) -> float:
+        """How long teacher scoring ran on after the last group was generated: the part
+        of the teacher's work the step waited for (0 when it all overlapped decoding)."""
+        return max(0.0, self.score_done - self.generate_done)
+
 
 @dataclass
 class _Pending:
     kind: str  # "generate" | "score"
     actor_name: str
     submitted: float
-    payload: Any
+    payload: Any  # generate: (items, requests); score: (samples, requests)
     index: int = 0  # the worker or replica it went to
     attempt: int = 0  # re-issues so far
     version: int = 0  # generate: the policy version the worker must hold
-    delivered: set[int] = field(default_factory=set)  # generate: positions already received
+
+
+# One sample, addressed as (group_index, rollout index within the group).
+Sample = tuple[int, int]
 
 
 Verifier = Callable[[list[str], list[str]], list[Any]]
@@ -101,7 +112,7 @@ class StepStream:
         generate_timeout_s: float,
         score_timeout_s: float,
         sequential: bool = False,
-        stream_groups: bool = True,
+        stream_rollouts: bool = True,
         sampling: dict[str, Any] | None = None,
         policy_version: int = 0,
         recover_worker: WorkerRecovery | None = None,
@@ -120,7 +131,7 @@ class StepStream:
         self.score_timeout_s = score_timeout_s
         # sequential: generate everything, then score everything (benchmark baseline).
         self.sequential = sequential
-        self.stream_groups = stream_groups
+        self.stream_rollouts = stream_rollouts
         self.sampling = sampling
         # The weights version every worker holds when this stream starts; rollouts that
         # carry another one come from a worker that restarted from the initial model.
@@ -132,9 +143,12 @@ class StepStream:
         self.retries = 0  # re-issued calls, for logs and tests
         self._expected: list[int] = []
         self.clock = StageClock()
-        self._pending: dict[ray.ObjectRef, _Pending] = {}
-        self._groups: list[RolloutGroup] = []
-        self._held_for_teacher: list[RolloutGroup] = []
+        self._pending: dict[ray.ObjectRef | ray.ObjectRefGenerator, _Pending] = {}
+        self._building: dict[int, RolloutGroup] = {}  # group_index -> group being filled
+        self._arrived: dict[int, set[int]] = {}  # group_index -> rollout indices in
+        self._scoring: dict[int, int] = {}  # group_index -> samples at the teacher
+        self._to_score: list[tuple[Sample, ScoreRequest]] = []  # verified, for the next score call
+        self._groups: list[RolloutGroup] = []  # complete
         self._teacher_rr = itertools.cycle(range(max(1, len(self.teachers))))
 
     # ------------------------------------------------------------------ submit
@@ -142,6 +156,15 @@ class StepStream:
         self.clock = StageClock()
         self.clock.first_submit = self.clock.now()
         self._expected = [it.group_index for it in items]
+        for it in items:
+            self._building[it.group_index] = RolloutGroup(
+                uid=it.uid, group_index=it.group_index, prompt_ids=it.prompt_ids, ground_truth=it.ground_truth,
+                data_source=it.data_source, rollouts=[None] * self.group_size,  # type: ignore[list-item]
+                rewards=[0.0] * self.group_size, reasons=[""] * self.group_size,
+                teacher_logp=[None] * self.group_size,
+            )
+            self._arrived[it.group_index] = set()
+            self._scoring[it.group_index] = 0
         chunks = [items[i : i + self.prompts_per_request] for i in range(0, len(items), self.prompts_per_request)]
         for j, chunk in enumerate(chunks):
             w = j % len(self.workers)
@@ -155,7 +178,7 @@ class StepStream:
     def _submit_generate(self, w: int, items: list[PromptItem], reqs: list[GenerationRequest], *,
                          attempt: int, version: int) -> None:
         worker = self.workers[w]
-        call = worker.generate_stream if self.stream_groups else worker.generate
+        call = worker.generate_stream if self.stream_rollouts else worker.generate
         ref = call.remote(reqs, self.sampling)  # an ObjectRefGenerator when streaming
         self._pending[ref] = _Pending("generate", f"rollout worker {w}", time.perf_counter(), (items, reqs),
                                       index=w, attempt=attempt, version=version)
@@ -184,12 +207,15 @@ class StepStream:
             if not ready:
                 self._check_timeouts()
                 continue
+            # Take everything that is ready now, so the samples of one round go to the
+            # teacher together (one call per replica, not one per sample).
+            rest = [r for r in self._pending if r not in ready]
+            if rest:
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for ref in ready:
                 self._finish(ref)
-            if self.sequential and not any(p.kind == "generate" for p in self._pending.values()):
-                for g in self._held_for_teacher:
-                    self._submit_score(g)
-                self._held_for_teacher = []
+            if not self.sequential or not any(p.kind == "generate" for p in self._pending.values()):
+                self._flush_scores()
         return True
 
     @property
@@ -206,7 +232,9 @@ class StepStream:
 
     def _finish(self, ref: ray.ObjectRef | ray.ObjectRefGenerator) -> None:
         if isinstance(ref, ray.ObjectRefGenerator):
-            self._next_streamed_group(ref)
+            self._next_streamed_sample(ref)
+            while ref in self._pending and ref.next_ready():
+                self._next_streamed_sample(ref)
             return
         p = self._pending.pop(ref)
         call = "generate" if p.kind == "generate" else "score"
@@ -217,49 +245,48 @@ class StepStream:
             return
         except Exception as exc:  # noqa: BLE001 - re-raised with the actor's name
             raise RemoteCallError(f"{p.actor_name}: {call}() failed: {exc}") from exc
-        elapsed = time.perf_counter() - p.submitted
         if p.kind == "generate":
+            items = p.payload[0]
+            if len(result) != len(items):
+                raise RemoteCallError(f"{p.actor_name}: generate() returned {len(result)} groups for {len(items)} prompts")
             if not self._accept_version(p, result):
                 return
-            self._on_generated(p.payload[0], result)
+            self._on_generated([(it.group_index, j, r) for it, group in zip(items, result) for j, r in enumerate(group)])
             self._generate_call_done(p)
         else:
-            self.clock.score_calls += elapsed
-            group, indices, _ = p.payload
-            attach_teacher(group, indices, result)
-            self._groups.append(group)
-            if not self._pending:
-                self.clock.score_done = self.clock.now()
+            self.clock.score_calls += time.perf_counter() - p.submitted
+            self._on_scored(p.payload[0], result)
 
-    def _next_streamed_group(self, gen: ray.ObjectRefGenerator) -> None:
-        """Take the next ``(position, rollouts)`` a worker yielded, or its end of stream."""
+    def _next_streamed_sample(self, gen: ray.ObjectRefGenerator) -> None:
+        """Take the next ``[(position, index, rollout), ...]`` a worker yielded, or its end."""
         p = self._pending[gen]
         items = p.payload[0]
         try:
             ref = next(gen)
         except StopIteration:
             del self._pending[gen]
-            if len(p.delivered) != len(items):
-                raise RemoteCallError(f"{p.actor_name}: generate_stream() ended after "
-                                      f"{len(p.delivered)} of {len(items)} groups") from None
+            missing = [it.uid for it in items if len(self._arrived[it.group_index]) < self.group_size]
+            if missing:
+                raise RemoteCallError(f"{p.actor_name}: generate_stream() ended without every sample of "
+                                      f"prompts {missing}") from None
             self._generate_call_done(p)
             return
         try:
-            position, rollouts = ray.get(ref)
+            done = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
             del self._pending[gen]
             self._lost(p, "generate_stream", exc)
             return
         except Exception as exc:  # noqa: BLE001 - re-raised with the actor's name
             raise RemoteCallError(f"{p.actor_name}: generate_stream() failed: {exc}") from exc
-        if position in p.delivered or not 0 <= position < len(items):
-            raise RemoteCallError(f"{p.actor_name}: generate_stream() yielded position {position} "
-                                  f"twice or out of range (0..{len(items) - 1})")
-        if not self._accept_version(p, [rollouts]):
+        for position, index, _ in done:
+            if not (0 <= position < len(items) and 0 <= index < self.group_size):
+                raise RemoteCallError(f"{p.actor_name}: generate_stream() yielded sample ({position}, {index}) "
+                                      f"outside {len(items)} prompts x {self.group_size}")
+        if not self._accept_version(p, [[rollout for _, _, rollout in done]]):
             del self._pending[gen]  # what it still yields comes from the same stale weights
             return
-        p.delivered.add(position)
-        self._on_generated([items[position]], [rollouts])
+        self._on_generated([(items[position].group_index, index, rollout) for position, index, rollout in done])
 
     def _lost(self, p: _Pending, call: str, exc: ray.exceptions.RayActorError) -> None:
         """The actor died (Ray may be restarting it): the call's work is lost, redo it."""
@@ -283,38 +310,57 @@ class StepStream:
         if not any(q.kind == "generate" for q in self._pending.values()):
             self.clock.generate_done = self.clock.now()
 
-    def _on_generated(self, items: list[PromptItem], results: list[list[Any]]) -> None:
-        if len(results) != len(items):
-            raise RemoteCallError(f"rollout worker returned {len(results)} groups for {len(items)} prompts")
-        groups = [
-            RolloutGroup(
-                uid=it.uid, group_index=it.group_index, prompt_ids=it.prompt_ids,
-                ground_truth=it.ground_truth, data_source=it.data_source, rollouts=list(rollouts),
-            )
-            for it, rollouts in zip(items, results)
-        ]
+    def _on_generated(self, samples: list[tuple[int, int, Rollout]]) -> None:
+        """Verify newly arrived samples and queue the ones that need a teacher signal."""
+        fresh = []
+        for gidx, j, rollout in samples:
+            if j in self._arrived[gidx]:
+                continue  # re-issued after a fault: the same seed gave the same sample
+            self._building[gidx].rollouts[j] = rollout
+            self._arrived[gidx].add(j)
+            fresh.append((gidx, j))
+        if not fresh:
+            return
         t0 = time.perf_counter()
-        texts = [r.text for g in groups for r in g.rollouts]
-        truths = [g.ground_truth for g in groups for _ in g.rollouts]
+        texts = [self._building[g].rollouts[j].text for g, j in fresh]
+        truths = [self._building[g].ground_truth for g, _ in fresh]
         verdicts = self.verify(texts, truths)
         self.clock.verify_s += time.perf_counter() - t0
-        k = 0
-        for g in groups:
-            g.rewards = [float(v.reward) for v in verdicts[k : k + len(g.rollouts)]]
-            g.reasons = [str(v.reason) for v in verdicts[k : k + len(g.rollouts)]]
-            k += len(g.rollouts)
-            if self.sequential:
-                self._held_for_teacher.append(g)
-            else:
-                self._submit_score(g)
+        by_group: dict[int, list[int]] = {}
+        for (g, j), v in zip(fresh, verdicts):
+            self._building[g].rewards[j] = float(v.reward)
+            self._building[g].reasons[j] = str(v.reason)
+            by_group.setdefault(g, []).append(j)
+        for g, js in by_group.items():
+            indices, reqs = teacher_requests(self.spec, self._building[g], self.kl_beta, among=js)
+            self._to_score.extend(((g, j), req) for j, req in zip(indices, reqs))
+            self._scoring[g] += len(indices)
+            self._complete_if_done(g)
 
-    def _submit_score(self, group: RolloutGroup) -> None:
-        indices, reqs = teacher_requests(self.spec, group, self.kl_beta)
-        if not reqs:
-            group.teacher_logp = [None] * len(group.rollouts)
-            self._groups.append(group)
+    def _flush_scores(self) -> None:
+        """Send the queued samples to the teacher: one call per live replica."""
+        if not self._to_score:
             return
-        self._send_score(self._next_teacher(), group, indices, reqs, attempt=0)
+        queued, self._to_score = self._to_score, []
+        n_calls = min(len(queued), max(1, len(self.teachers) - len(self.dead_teachers)))
+        for k in range(n_calls):
+            part = queued[k::n_calls]
+            self._send_score(self._next_teacher(), [sample for sample, _ in part], [req for _, req in part], attempt=0)
+
+    def _on_scored(self, samples: list[Sample], scores: list[Any]) -> None:
+        if len(scores) != len(samples):
+            raise RemoteCallError(f"teacher returned {len(scores)} results for {len(samples)} sequences")
+        for (g, j), score in zip(samples, scores):
+            attach_teacher(self._building[g], [j], [score])
+            self._scoring[g] -= 1
+        for g in dict.fromkeys(g for g, _ in samples):
+            self._complete_if_done(g)
+        if not self._pending:
+            self.clock.score_done = self.clock.now()
+
+    def _complete_if_done(self, g: int) -> None:
+        if g in self._building and len(self._arrived[g]) == self.group_size and self._scoring[g] == 0:
+            self._groups.append(self._building.pop(g))
 
     def _next_teacher(self) -> int:
         """The next replica in turn that is not known dead (any, if all are)."""
@@ -324,9 +370,9 @@ class StepStream:
                 return t
         return next(self._teacher_rr)
 
-    def _send_score(self, t: int, group: RolloutGroup, indices: list[int], reqs: list[Any], *, attempt: int) -> None:
+    def _send_score(self, t: int, samples: list[Sample], reqs: list[Any], *, attempt: int) -> None:
         ref = self.teachers[t].score.remote(reqs)
-        self._pending[ref] = _Pending("score", f"teacher replica {t}", time.perf_counter(), (group, indices, reqs),
+        self._pending[ref] = _Pending("score", f"teacher replica {t}", time.perf_counter(), (samples, reqs),
                                       index=t, attempt=attempt)
 
     def _reissue(self, p: _Pending, reason: str) -> bool:
@@ -336,8 +382,8 @@ class StepStream:
         if p.kind == "generate":
             if self.recover_worker is None:
                 return False
-            # Only what the call had not delivered yet (a stream may have sent some).
-            todo = [k for k in range(len(p.payload[0])) if k not in p.delivered]
+            # Only prompts with samples still missing (a stream may have sent some).
+            todo = [k for k, it in enumerate(p.payload[0]) if len(self._arrived[it.group_index]) < self.group_size]
             items = [p.payload[0][k] for k in todo]
             reqs = [p.payload[1][k] for k in todo]
             logger.warning("%s: %s; re-issuing its %d prompt(s)", p.actor_name, reason, len(items))
@@ -347,10 +393,10 @@ class StepStream:
                 raise RemoteCallError(f"{p.actor_name}: {reason}, and it could not be brought back: {exc}") from exc
             self._submit_generate(p.index, items, reqs, attempt=p.attempt + 1, version=version)
         else:
-            group, indices, reqs = p.payload
+            samples, reqs = p.payload
             t = self._next_teacher()
             logger.warning("%s: %s; re-sending %d sequence(s) to teacher replica %d", p.actor_name, reason, len(reqs), t)
-            self._send_score(t, group, indices, reqs, attempt=p.attempt + 1)
+            self._send_score(t, samples, reqs, attempt=p.attempt + 1)
         self.retries += 1
         return True
 
