@@ -82,13 +82,20 @@ class LearnerWorker:
     def compute_logprobs(self, shard: TrainBatch, micro_batch_tokens: int | None = None) -> torch.Tensor:
         return self.core.compute_logprobs(shard, micro_batch_tokens)
 
-    def export_weights(self, bucket_mb: float | None = None) -> dict[str, torch.Tensor] | list[bytes] | None:
+    def export_weights(self, bucket_mb: float | None = None,
+                       as_ref: bool = False) -> dict[str, torch.Tensor] | list[bytes] | list[ray.ObjectRef] | None:
         """Rank 0: a dict of full weights, or safetensors buckets if ``bucket_mb``
-        (packed here so only bytes cross the object store). Other ranks: None."""
+        (packed here so only bytes cross the object store). Other ranks: None.
+
+        ``as_ref``: put the buckets into the object store here and return ``[ref]`` (a
+        list, so Ray hands over the ref instead of resolving it): the rollout workers
+        then fetch them from this node without a copy through the driver.
+        """
         state = self.core.export_weights()
         if state is None or bucket_mb is None:
             return state
-        return pack_state_dict(state, bucket_mb)
+        blobs = pack_state_dict(state, bucket_mb)
+        return [ray.put(blobs)] if as_ref else blobs
 
     def save_hf(self, out_dir: str) -> str | None:
         return self.core.save_hf(out_dir)
@@ -229,6 +236,12 @@ class LearnerGroup:
                        timeout_s: float | None = None) -> dict[str, torch.Tensor] | list[bytes]:
         """Full weights, HF names: a dict, or safetensors buckets when ``bucket_mb``."""
         return self._get_all([w.export_weights.remote(bucket_mb) for w in self.workers], "export_weights", timeout_s)[0]
+
+    def publish_weights(self, bucket_mb: float, *, timeout_s: float | None = None) -> ray.ObjectRef:
+        """Rank 0's safetensors buckets as an object ref that rollout workers can take
+        straight from the learner's node (the driver sees only the ref)."""
+        return self._get_all([w.export_weights.remote(bucket_mb, as_ref=True) for w in self.workers],
+                             "export_weights", timeout_s)[0][0]
 
     def save_hf(self, out_dir: str, *, timeout_s: float | None = None) -> str:
         return self._get_all([w.save_hf.remote(str(out_dir)) for w in self.workers], "save_hf", timeout_s)[0]

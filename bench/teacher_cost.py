@@ -41,7 +41,7 @@ from typing import Any
 
 from _common import (
     SMALL_STEP, Cluster, attach_spans, interleave, load_line, machine_info, median,
-    add_trial_args, medians,
+    add_trial_args, medians, model_spec,
     prepare_inputs, setup_logging, trial_summary, write_result,
 )
 
@@ -58,6 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="rollout.prompts_per_request values to compare (smaller: scoring streams sooner)")
     ap.add_argument("--stream-rollouts", type=int, nargs="+", default=[1], choices=[1, 0],
                     help="rollout.stream_rollouts values to compare (1: samples stream as they finish)")
+    ap.add_argument("--teacher", type=int, nargs=3, default=None, metavar=("HIDDEN", "LAYERS", "HEADS"),
+                    help="teacher shape (default: hidden 256, 4 layers, 8 heads, 3.1M parameters). On a CPU "
+                         "a forward costs the same per token whether it scores or decodes, so a teacher 7x the "
+                         "student costs more than generation; on a GPU prefill is far cheaper per token than "
+                         "decode. A smaller teacher gives the GPU's stage ratio.")
     ap.add_argument("--student-sft-steps", type=int, default=200,
                     help="SFT steps for the student so some rollouts are correct (0: random student)")
     return ap.parse_args(argv)
@@ -130,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     info_before = machine_info()
     logger.info("%s", load_line("start"))
     cases = settings(args.staleness, args.ppr, args.stream_rollouts)
-    inputs = prepare_inputs(args.work_dir, student_sft_steps=args.student_sft_steps)
+    teacher = None
+    if args.teacher:
+        hidden, layers, heads = args.teacher
+        teacher = model_spec(hidden, layers, heads, max(1, heads // 4), hidden * 3)
+    inputs = prepare_inputs(args.work_dir, student_sft_steps=args.student_sft_steps, teacher=teacher)
     base = [*SMALL_STEP, "trainer.schedule=stream", *args.overrides]
     cluster = Cluster(inputs, [*base, "algorithm.name=scope"], args.work_dir / "teacher_cost", num_cpus=args.num_cpus)
     trials, reps = [], []

@@ -185,6 +185,22 @@ def test_micro_batch_budget_does_not_change_the_update(single, batch, reference_
         assert _max_diff(group.export_weights(), ref_weights) < ATOL
 
 
+def test_published_weights_are_the_exported_ones(single, initial_weights) -> None:
+    """What the trainer syncs: rank 0's safetensors buckets, handed over as an object ref."""
+    import ray
+    from safetensors.torch import load as load_safetensors
+
+    group, ckpt = single
+    _reset(group, ckpt)
+    ref = group.publish_weights(0.25)  # ~0.25 MiB buckets: the 1.7 MB model in several
+    assert isinstance(ref, ray.ObjectRef)
+    blobs = ray.get(ref)
+    assert len(blobs) > 1
+    published = {k: v for blob in blobs for k, v in load_safetensors(blob).items()}
+    assert published.keys() == initial_weights.keys()
+    assert _max_diff(published, initial_weights) == 0.0
+
+
 def test_export_and_save_hf_give_the_trained_model(single, batch, reference_update, tiny_model_dir, tmp_path) -> None:
     from transformers import AutoModelForCausalLM
 

@@ -178,7 +178,9 @@ class StepStream:
     def _submit_generate(self, w: int, items: list[PromptItem], reqs: list[GenerationRequest], *,
                          attempt: int, version: int) -> None:
         worker = self.workers[w]
-        call = worker.generate_stream if self.stream_rollouts else worker.generate
+        # Sequential holds every sample until generation ends: nothing to gain from streaming.
+        stream = self.stream_rollouts and not self.sequential
+        call = worker.generate_stream if stream else worker.generate
         ref = call.remote(reqs, self.sampling)  # an ObjectRefGenerator when streaming
         self._pending[ref] = _Pending("generate", f"rollout worker {w}", time.perf_counter(), (items, reqs),
                                       index=w, attempt=attempt, version=version)
