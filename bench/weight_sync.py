@@ -3,10 +3,10 @@
     .venv/bin/python bench/weight_sync.py                        # 3 reps
     .venv/bin/python bench/weight_sync.py --reps 5 --recipe-steps 6 --bucket-mb 64
 
-The path is the trainer's own (``Trainer.sync_weights``): ``LearnerGroup.export_weights(
-bucket_mb)`` (rank 0 gathers the weights and packs safetensors buckets; the bytes come
-back to the driver), ``ray.put`` once, ``RolloutWorker.update_weights`` (vLLM loads the
-buckets and resets its prefix cache). Timed for
+The path is the trainer's own (``Trainer.sync_weights``): ``LearnerGroup.publish_weights(
+bucket_mb)`` (rank 0 gathers the weights, packs safetensors buckets and puts them in its
+node's object store; the driver gets only the ref), then ``RolloutWorker.update_weights``
+(the worker fetches the buckets, vLLM loads them and resets its prefix cache). Timed for
 
 - ``tiny``: the embedded student's shape (hidden 128, 2 layers), on the recipe's actors;
 - ``100m``: a random Qwen2 with hidden 768, 12 layers, 12 heads (head dim 64), 2 KV
@@ -17,9 +17,9 @@ Side by side in every repetition: a short run of the tiny recipe
 max_staleness 0, evaluation and checkpoints off) on the same tiny student, then the
 syncs. Reported: seconds per sync (and its parts), bytes and bytes/s, and sync / recipe
 step time (target for the tiny recipe: <= 5%), from the standalone syncs and from the
-trainer's own ``time/sync_s`` inside the recipe run. Each sync is followed by the same
-sync without the driver round trip (rank 0's result handed to the workers as an object
-ref; ``direct/path`` is its time over the trainer path's) to size that possible saving.
+trainer's own ``time/sync_s`` inside the recipe run. Each sync is paired (alternating
+order) with the path the trainer used before: the buckets come back to the driver, which
+``ray.put``s them again (``path/via driver`` is the trainer path's time over that one's).
 """
 
 from __future__ import annotations
@@ -113,29 +113,26 @@ def time_sync(learner: Any, workers: list[Any], bucket_mb: int, version: int) ->
     import ray
 
     t0 = time.perf_counter()
-    blobs = learner.export_weights(bucket_mb, timeout_s=1200)
+    ref = learner.publish_weights(bucket_mb, timeout_s=1200)
     t1 = time.perf_counter()
-    ref = ray.put(blobs)
-    t2 = time.perf_counter()
     ray.get([w.update_weights.remote(ref, version) for w in workers], timeout=1200)
-    t3 = time.perf_counter()
+    t2 = time.perf_counter()
+    blobs = ray.get(ref)  # after the clock: only to count the bytes
     nbytes = sum(len(b) for b in blobs)
-    return {"export_s": t1 - t0, "put_s": t2 - t1, "load_s": t3 - t2, "total_s": t3 - t0, "bytes": nbytes,
-            "buckets": len(blobs), "bytes_per_s": nbytes / (t3 - t0)}
+    return {"export_s": t1 - t0, "load_s": t2 - t1, "total_s": t2 - t0, "bytes": nbytes,
+            "buckets": len(blobs), "bytes_per_s": nbytes / (t2 - t0)}
 
 
-def time_sync_direct(learner: Any, workers: list[Any], bucket_mb: int, version: int) -> dict[str, float]:
-    """The same sync without the driver round trip (not what the trainer does today):
-    rank 0's ``export_weights`` result goes to the workers as an object ref, so the
-    buckets cross the object store once instead of learner -> driver -> object store."""
+def time_sync_via_driver(learner: Any, workers: list[Any], bucket_mb: int, version: int) -> dict[str, float]:
+    """The path the trainer took before: the buckets come back to the driver, which puts
+    them into the object store again (learner -> driver -> object store -> workers)."""
     import ray
 
     t0 = time.perf_counter()
-    refs = [w.export_weights.remote(bucket_mb) for w in learner.workers]
-    ray.get([w.update_weights.remote(refs[0], version) for w in workers], timeout=1200)
-    ray.get(refs[1:], timeout=1200)
-    t1 = time.perf_counter()
-    return {"total_s": t1 - t0}
+    blobs = learner.export_weights(bucket_mb, timeout_s=1200)
+    ref = ray.put(blobs)
+    ray.get([w.update_weights.remote(ref, version) for w in workers], timeout=1200)
+    return {"total_s": time.perf_counter() - t0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
                     version = 1000 + rep * 10 + k
                     # Alternate which of the two goes first (A B, B A, ...).
                     if k % 2:
-                        direct = time_sync_direct(learner, workers, args.bucket_mb, version)["total_s"]
+                        old = time_sync_via_driver(learner, workers, args.bucket_mb, version)["total_s"]
                         row = time_sync(learner, workers, args.bucket_mb, version)
                     else:
                         row = time_sync(learner, workers, args.bucket_mb, version)
-                        direct = time_sync_direct(learner, workers, args.bucket_mb, version)["total_s"]
-                    row["direct_total_s"] = direct
+                        old = time_sync_via_driver(learner, workers, args.bucket_mb, version)["total_s"]
+                    row["via_driver_total_s"] = old
                     syncs.append({"rep": rep, "model": name, **row, "load1": machine_info()["loadavg"][0]})
     finally:
         attach_spans(trials)
@@ -219,27 +216,27 @@ def summarize(summaries: list[dict[str, Any]], syncs: list[dict[str, Any]], reps
         out[model] = {
             "params": params, "bytes": rows[0]["bytes"], "buckets": rows[0]["buckets"],
             "total_s": median([r["total_s"] for r in rows]), "export_s": median([r["export_s"] for r in rows]),
-            "put_s": median([r["put_s"] for r in rows]), "load_s": median([r["load_s"] for r in rows]),
+            "load_s": median([r["load_s"] for r in rows]),
             "bytes_per_s": median([r["bytes_per_s"] for r in rows]),
-            "direct_total_s": median([r["direct_total_s"] for r in rows]),
-            "direct_over_trainer_path": median([r["direct_total_s"] / r["total_s"] for r in rows]),
+            "via_driver_total_s": median([r["via_driver_total_s"] for r in rows]),
+            "path_over_via_driver": median([r["total_s"] / r["via_driver_total_s"] for r in rows]),
             "share_of_recipe_step": median(share), "share_per_rep": share,
         }
     return out
 
 
 def print_table(r: dict[str, Any], info: dict[str, Any], info_after: dict[str, Any]) -> None:
-    print(f"\nweight sync (export -> put -> load, medians); {info['cpus']} CPUs, load {info['loadavg']} -> "
-          f"{info_after['loadavg']}")
-    print(f"{'model':<6} {'params':>11} {'MB':>7} {'buckets':>7} {'total s':>8} {'export':>7} {'put':>6} "
-          f"{'load':>6} {'MB/s':>7} {'/ recipe step':>13} {'direct/path':>11}")
+    print(f"\nweight sync (publish on the learner -> load on the workers, medians); {info['cpus']} CPUs, load "
+          f"{info['loadavg']} -> {info_after['loadavg']}")
+    print(f"{'model':<6} {'params':>11} {'MB':>7} {'buckets':>7} {'total s':>8} {'export':>7} "
+          f"{'load':>6} {'MB/s':>7} {'/ recipe step':>13} {'path/via driver':>15}")
     for name in ("tiny", "100m"):
         if name not in r:
             continue
         m = r[name]
         print(f"{name:<6} {m['params'] or 0:11,d} {m['bytes'] / 1e6:7.1f} {m['buckets']:7d} {m['total_s']:8.3f} "
-              f"{m['export_s']:7.3f} {m['put_s']:6.3f} {m['load_s']:6.3f} {m['bytes_per_s'] / 1e6:7.1f} "
-              f"{m['share_of_recipe_step']:13.1%} {m['direct_over_trainer_path']:11.2f}")
+              f"{m['export_s']:7.3f} {m['load_s']:6.3f} {m['bytes_per_s'] / 1e6:7.1f} "
+              f"{m['share_of_recipe_step']:13.1%} {m['path_over_via_driver']:15.2f}")
     print(f"tiny recipe: {r['recipe_step_s']:.2f} s/step ({r['recipe_rollout_tokens']:.0f} rollout tokens, accuracy "
           f"{r['recipe_accuracy']:.2f}); in-run sync: logged time/sync_s {r['recipe_logged_sync_s']:.3f} s = "
           f"{r['recipe_logged_sync_share']:.1%} of time/step_s, actor-side {r['recipe_actor_sync_share']:.1%}")
