@@ -12,13 +12,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv-trl"
 python_bin="${PYTHON:-python3}"
-torch_pin="torch==2.13.0"
-torch_index="${SCOPE_RAY_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
 trl_pin="trl==1.16.*"
 transformers_pin="transformers==5.19.0"
 
 stamp="$venv/.trl-env"
-want="$(sha256sum "$root/bench/trl_setup.sh" | cut -d' ' -f1)"
+want="$(cat "$root/bench/trl_setup.sh" "$root/launch/install_cpu_torch.sh" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
@@ -28,13 +26,8 @@ echo "[trl-setup] preparing $venv" >&2
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade pip
 
-# torch first, CPU build only: a local wheel (pip's find-links) or PyTorch's CPU index.
-if ! "$venv/bin/python" -c "import torch, sys; sys.exit(not torch.__version__.startswith('2.13.0'))" 2>/dev/null; then
-  # "+cpu" matches only a CPU build: PyPI carries none, so this finds the local wheel
-  # (pip's find-links) or fails; it never resolves to a CUDA build.
-  "${pip[@]}" install -q "$torch_pin+cpu" 2>/dev/null \
-    || "${pip[@]}" install -q "$torch_pin" --index-url "$torch_index"
-fi
+# torch first, the same CPU build as .venv (never a CUDA build from PyPI).
+bash "$root/launch/install_cpu_torch.sh" "$venv/bin/python"
 
 # TRL and the matching transformers; a constraint keeps pip from replacing torch.
 constraints="$(mktemp)"

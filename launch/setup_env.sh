@@ -9,11 +9,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 python_bin="${PYTHON:-python3}"
-torch_pin="torch==2.13.0+cpu"
-torch_index="${SCOPE_RAY_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
 
 stamp="$venv/.scope-ray-env"
-want="$(cat "$root/setup.cfg" "$root/launch/setup_env.sh" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/setup.cfg" "$root/launch/setup_env.sh" "$root/launch/install_cpu_torch.sh" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
@@ -23,13 +21,8 @@ echo "[setup] preparing $venv (first run: a few minutes)" >&2
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade pip
 
-# The CPU build of torch first: otherwise pip resolves torch==2.13.0 to a multi-GB CUDA
-# build. A pip configured with a local wheel finds it directly; elsewhere it comes from
-# PyTorch's CPU index (PyPI does not carry +cpu builds).
-if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__ != '2.13.0+cpu')" 2>/dev/null; then
-  "${pip[@]}" install -q "$torch_pin" 2>/dev/null \
-    || "${pip[@]}" install -q "$torch_pin" --extra-index-url "$torch_index"
-fi
+# The CPU build of torch first: otherwise pip resolves torch==2.13.0 to a CUDA build.
+bash "$root/launch/install_cpu_torch.sh" "$venv/bin/python"
 
 "${pip[@]}" install -q -e "$root[cpu,test]"
 

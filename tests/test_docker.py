@@ -132,7 +132,7 @@ def test_cpu_image_is_built_by_launch_setup_env_sh() -> None:
     assert next(rest for op, rest in instrs if op == "FROM") == "python:3.11-slim"
     workdir = next(rest for op, rest in instrs if op == "WORKDIR")
     run_setup = _index(instrs, "RUN", "bash launch/setup_env.sh")
-    for needed in ("setup.cfg", "launch/setup_env.sh"):
+    for needed in ("setup.cfg", "launch/setup_env.sh", "launch/install_cpu_torch.sh"):
         assert _index(instrs, "COPY", needed) < run_setup
     # setup_env.sh makes <repo>/.venv; the image puts exactly that first on PATH.
     env = " ".join(rest for op, rest in instrs if op == "ENV")
@@ -140,7 +140,9 @@ def test_cpu_image_is_built_by_launch_setup_env_sh() -> None:
     # The script's own pins are the ones CI uses: torch's CPU build of setup.cfg's torch,
     # and the CUDA-built extras removed.
     script = (ROOT / "launch" / "setup_env.sh").read_text()
-    assert f'torch_pin="torch=={PINS["torch"]}+cpu"' in script
+    assert 'install_cpu_torch.sh" "$venv/bin/python"' in script
+    torch_step = (ROOT / "launch" / "install_cpu_torch.sh").read_text()
+    assert f'torch_pin="torch=={PINS["torch"]}+cpu"' in torch_step
     assert re.search(r"uninstall .*torchvision torchaudio torchcodec triton", script)
     assert '-e "$root[cpu,test]"' in script
 
