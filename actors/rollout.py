@@ -125,7 +125,7 @@ class RolloutWorker:
     def _rollouts_as_done(
         self, requests: list[GenerationRequest], sampling: SamplingConfig | dict[str, Any] | None
     ) -> Iterator[list[tuple[int, int, Rollout]]]:
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import tokens_input
 
         if not requests:
             return
@@ -148,7 +148,7 @@ class RolloutWorker:
                     seed = request_seed(self.engine_opts.seed, self.worker_index, self._calls)
                 call = self._calls
                 self._calls += 1
-                prompt = TokensPrompt(prompt_token_ids=list(req.prompt_ids))
+                prompt = tokens_input(list(req.prompt_ids))  # an engine input: nothing to render
                 for j in range(req.n):
                     rid = f"w{self.worker_index}-r{call}-s{j}"
                     engine.add_request(rid, prompt, self._params(1, seed + j, cfg))
