@@ -4,8 +4,8 @@ The actor is deliberately thin: it turns :class:`~scope_ray.types.GenerationRequ
 into vLLM calls and vLLM outputs into :class:`~scope_ray.types.Rollout`s, and swaps in
 new weights through :class:`~scope_ray.engines.vllm_weight_sync.WeightSyncExtension`.
 Its methods run one at a time (Ray's default for a sync actor), so an ``update_weights``
-submitted after a ``generate`` (or a ``generate_stream``) never races with it, and generation submitted after an
-update always sees the new weights.
+submitted after a ``generate`` (or a ``generate_stream``) never races with it, and
+generation submitted after an update always sees the new weights.
 
 Log-probs follow ``EngineOptions.logprobs_mode``. Training uses ``processed_logprobs``:
 log-softmax of the logits after temperature (and top-k / top-p), i.e. log pi_old(a_t) of
@@ -78,12 +78,12 @@ class RolloutWorker:
     def version(self) -> int:
         return self._version
 
-    def _params(self, n: int, seed: int, sampling: SamplingConfig):
+    def _params(self, seed: int, sampling: SamplingConfig):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(
-            n=n,
+            n=1,  # a request's G samples are G engine requests (see _rollouts_as_done)
             seed=seed,
             logprobs=0,  # only the sampled token's log-prob
             # One output per request, once it is done (what LLM.generate sets; the
@@ -151,7 +151,7 @@ class RolloutWorker:
                 prompt = tokens_input(list(req.prompt_ids))  # an engine input: nothing to render
                 for j in range(req.n):
                     rid = f"w{self.worker_index}-r{call}-s{j}"
-                    engine.add_request(rid, prompt, self._params(1, seed + j, cfg))
+                    engine.add_request(rid, prompt, self._params(seed + j, cfg))
                     slots[rid] = (position, j)
             total = len(slots)
             while slots and engine.has_unfinished_requests():

@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import argparse
-
 import hashlib
 import json
 import logging
@@ -109,9 +108,14 @@ def default_student():
     return TinyModelSpec()  # hidden 128, 2 layers (the embedded student's shape)
 
 
+def teacher_spec(hidden: int, layers: int, heads: int):
+    """A teacher shape from three numbers: 4 query heads per KV head, intermediate 3x hidden."""
+    return model_spec(hidden, layers, heads, max(1, heads // 4), hidden * 3)
+
+
 def default_teacher():
     # The embedded teacher's shape: hidden 256, 4 layers; a teacher with some compute.
-    return model_spec(256, 4, 8, 2, 768)
+    return teacher_spec(256, 4, 8)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from typing import Any
 
 from _common import (
     SMALL_STEP, Cluster, attach_spans, interleave, load_line, machine_info, median,
-    add_trial_args, medians, model_spec,
+    add_trial_args, medians, teacher_spec,
     prepare_inputs, setup_logging, trial_summary, write_result,
 )
 
@@ -135,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     info_before = machine_info()
     logger.info("%s", load_line("start"))
     cases = settings(args.staleness, args.ppr, args.stream_rollouts)
-    teacher = None
-    if args.teacher:
-        hidden, layers, heads = args.teacher
-        teacher = model_spec(hidden, layers, heads, max(1, heads // 4), hidden * 3)
+    teacher = teacher_spec(*args.teacher) if args.teacher else None
     inputs = prepare_inputs(args.work_dir, student_sft_steps=args.student_sft_steps, teacher=teacher)
     base = [*SMALL_STEP, "trainer.schedule=stream", *args.overrides]
     cluster = Cluster(inputs, [*base, "algorithm.name=scope"], args.work_dir / "teacher_cost", num_cpus=args.num_cpus)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    DEFAULT_WORK_DIR, init_ray, interleave, load_line, machine_info, median, model_spec, prepare_inputs,
+    DEFAULT_WORK_DIR, init_ray, interleave, load_line, machine_info, median, prepare_inputs, teacher_spec,
     setup_logging, write_result,
 )
 
@@ -103,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     from actors.teacher import TeacherServer
     from scope_ray.bootstrap.tokenizer import vocab_size
 
-    hidden, layers, heads = args.teacher
-    teacher = model_spec(hidden, layers, heads, max(1, heads // 4), hidden * 3)
-    inputs = prepare_inputs(args.work_dir, teacher=teacher)
+    hidden, layers, _ = args.teacher
+    inputs = prepare_inputs(args.work_dir, teacher=teacher_spec(*args.teacher))
     init_ray(8)
     servers = {
         "batched": TeacherServer.options(num_cpus=args.num_cpus).remote(

@@ -31,10 +31,13 @@ def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_boot
     accepted = {"samples": 0, "killed": False}
     original = StepStream._on_generated
 
+    def taken(stream: StepStream) -> int:
+        return sum(r is not None for g in stream._groups.values() for r in g.rollouts)
+
     def kill_in_step_two(self: StepStream, samples: list) -> None:
-        before = sum(len(v) for v in self._arrived.values())
+        before = taken(self)
         original(self, samples)
-        accepted["samples"] += sum(len(v) for v in self._arrived.values()) - before
+        accepted["samples"] += taken(self) - before
         # Step 1 is 4 one-prompt calls x 4 samples; once a sample of step 2 is in, the
         # worker is inside that call with 3 more queued: kill it under them.
         if accepted["samples"] > 16 and not accepted["killed"]:

@@ -141,29 +141,26 @@ class StepStream:
         # Replicas known to be dead for good (shared with later steps by the trainer).
         self.dead_teachers = dead_teachers if dead_teachers is not None else set()
         self.retries = 0  # re-issued calls, for logs and tests
-        self._expected: list[int] = []
         self.clock = StageClock()
         self._pending: dict[ray.ObjectRef | ray.ObjectRefGenerator, _Pending] = {}
-        self._building: dict[int, RolloutGroup] = {}  # group_index -> group being filled
-        self._arrived: dict[int, set[int]] = {}  # group_index -> rollout indices in
-        self._scoring: dict[int, int] = {}  # group_index -> samples at the teacher
+        # group_index -> the step's groups, filled in place (a rollout slot is None until
+        # its sample arrives), and how many of each group's samples are at the teacher.
+        self._groups: dict[int, RolloutGroup] = {}
+        self._scoring: dict[int, int] = {}
         self._to_score: list[tuple[Sample, ScoreRequest]] = []  # verified, for the next score call
-        self._groups: list[RolloutGroup] = []  # complete
         self._teacher_rr = itertools.cycle(range(max(1, len(self.teachers))))
 
     # ------------------------------------------------------------------ submit
     def start(self, items: Sequence[PromptItem], seed: int) -> StepStream:
         self.clock = StageClock()
         self.clock.first_submit = self.clock.now()
-        self._expected = [it.group_index for it in items]
         for it in items:
-            self._building[it.group_index] = RolloutGroup(
+            self._groups[it.group_index] = RolloutGroup(
                 uid=it.uid, group_index=it.group_index, prompt_ids=it.prompt_ids, ground_truth=it.ground_truth,
                 data_source=it.data_source, rollouts=[None] * self.group_size,  # type: ignore[list-item]
                 rewards=[0.0] * self.group_size, reasons=[""] * self.group_size,
                 teacher_logp=[None] * self.group_size,
             )
-            self._arrived[it.group_index] = set()
             self._scoring[it.group_index] = 0
         chunks = [items[i : i + self.prompts_per_request] for i in range(0, len(items), self.prompts_per_request)]
         for j, chunk in enumerate(chunks):
@@ -189,11 +186,11 @@ class StepStream:
     def collect(self) -> list[RolloutGroup]:
         """Block until every group of the step is verified and scored."""
         self.pump()
-        got = sorted(g.group_index for g in self._groups)
-        if got != sorted(self._expected):
-            # A re-issue must never add a group twice or drop one.
-            raise RuntimeError(f"stream produced groups {got}, expected {sorted(self._expected)}")
-        return sorted(self._groups, key=lambda g: g.group_index)
+        incomplete = [g for g in sorted(self._groups) if not self._complete(g)]
+        if incomplete:
+            # Every call came back, so a re-issue must have dropped samples.
+            raise RuntimeError(f"stream ended with groups {incomplete} incomplete")
+        return [self._groups[g] for g in sorted(self._groups)]
 
     def pump(self, stop_when: Callable[[], bool] | None = None, poll_s: float = 0.05) -> bool:
         """Move groups along until the step is complete (True) or ``stop_when()`` (False).
@@ -267,7 +264,7 @@ class StepStream:
             ref = next(gen)
         except StopIteration:
             del self._pending[gen]
-            missing = [it.uid for it in items if len(self._arrived[it.group_index]) < self.group_size]
+            missing = [it.uid for it in items if self._missing(it.group_index)]
             if missing:
                 raise RemoteCallError(f"{p.actor_name}: generate_stream() ended without every sample of "
                                       f"prompts {missing}") from None
@@ -316,28 +313,26 @@ class StepStream:
         """Verify newly arrived samples and queue the ones that need a teacher signal."""
         fresh = []
         for gidx, j, rollout in samples:
-            if j in self._arrived[gidx]:
+            if self._groups[gidx].rollouts[j] is not None:
                 continue  # re-issued after a fault: the same seed gave the same sample
-            self._building[gidx].rollouts[j] = rollout
-            self._arrived[gidx].add(j)
+            self._groups[gidx].rollouts[j] = rollout
             fresh.append((gidx, j))
         if not fresh:
             return
         t0 = time.perf_counter()
-        texts = [self._building[g].rollouts[j].text for g, j in fresh]
-        truths = [self._building[g].ground_truth for g, _ in fresh]
+        texts = [self._groups[g].rollouts[j].text for g, j in fresh]
+        truths = [self._groups[g].ground_truth for g, _ in fresh]
         verdicts = self.verify(texts, truths)
         self.clock.verify_s += time.perf_counter() - t0
         by_group: dict[int, list[int]] = {}
         for (g, j), v in zip(fresh, verdicts):
-            self._building[g].rewards[j] = float(v.reward)
-            self._building[g].reasons[j] = str(v.reason)
+            self._groups[g].rewards[j] = float(v.reward)
+            self._groups[g].reasons[j] = str(v.reason)
             by_group.setdefault(g, []).append(j)
         for g, js in by_group.items():
-            indices, reqs = teacher_requests(self.spec, self._building[g], self.kl_beta, among=js)
+            indices, reqs = teacher_requests(self.spec, self._groups[g], self.kl_beta, among=js)
             self._to_score.extend(((g, j), req) for j, req in zip(indices, reqs))
             self._scoring[g] += len(indices)
-            self._complete_if_done(g)
 
     def _flush_scores(self) -> None:
         """Send the queued samples to the teacher: one call per live replica."""
@@ -353,16 +348,17 @@ class StepStream:
         if len(scores) != len(samples):
             raise RemoteCallError(f"teacher returned {len(scores)} results for {len(samples)} sequences")
         for (g, j), score in zip(samples, scores):
-            attach_teacher(self._building[g], [j], [score])
+            attach_teacher(self._groups[g], [j], [score])
             self._scoring[g] -= 1
-        for g in dict.fromkeys(g for g, _ in samples):
-            self._complete_if_done(g)
         if not self._pending:
             self.clock.score_done = self.clock.now()
 
-    def _complete_if_done(self, g: int) -> None:
-        if g in self._building and len(self._arrived[g]) == self.group_size and self._scoring[g] == 0:
-            self._groups.append(self._building.pop(g))
+    def _missing(self, g: int) -> int:
+        """Samples of group ``g`` not yet generated."""
+        return sum(r is None for r in self._groups[g].rollouts)
+
+    def _complete(self, g: int) -> bool:
+        return not self._missing(g) and self._scoring[g] == 0
 
     def _next_teacher(self) -> int:
         """The next replica in turn that is not known dead (any, if all are)."""
@@ -385,7 +381,7 @@ class StepStream:
             if self.recover_worker is None:
                 return False
             # Only prompts with samples still missing (a stream may have sent some).
-            todo = [k for k, it in enumerate(p.payload[0]) if len(self._arrived[it.group_index]) < self.group_size]
+            todo = [k for k, it in enumerate(p.payload[0]) if self._missing(it.group_index)]
             items = [p.payload[0][k] for k in todo]
             reqs = [p.payload[1][k] for k in todo]
             logger.warning("%s: %s; re-issuing its %d prompt(s)", p.actor_name, reason, len(items))
