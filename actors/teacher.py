@@ -90,14 +90,19 @@ class _VLLMScorer:
     (vLLM turns cache reads off for prompt_logprobs requests), so G rollouts of one
     prompt do not share the prompt's prefill here."""
 
-    def __init__(self, model_dir: str, dtype: str, seed: int, max_model_len: int, gpu_memory_utilization: float) -> None:
+    def __init__(self, model_dir: str, dtype: str, seed: int, max_model_len: int, gpu_memory_utilization: float,
+                 max_batch_tokens: int) -> None:
         from vllm import SamplingParams
 
         from scope_ray.engines.vllm_engine import EngineOptions, create_llm
 
         opts = EngineOptions(
-            model_dir=model_dir, seed=seed, max_model_len=max_model_len, dtype=dtype,
+            # +1: vLLM refuses a prompt that fills the whole model length when it is also
+            # asked for one output token, and a full-length rollout is prompt + response.
+            model_dir=model_dir, seed=seed, max_model_len=max_model_len + 1, dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization, enable_weight_sync=False,
+            # A batch holds at most max_batch_tokens tokens (the server packs by tokens).
+            kv_cache_tokens=max_batch_tokens + max_model_len + 1,
         )
         self.llm = create_llm(opts)
         self.params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
@@ -129,8 +134,9 @@ class TeacherServer:
         gpu_memory_utilization: float = 0.85,
         temperature: float = 1.0,
     ) -> None:
-        """``device`` is for "hf"; ``seed``, ``max_model_len``, ``gpu_memory_utilization``
-        for "vllm" (its engine options; on CPU the memory fraction is of host RAM).
+        """``device`` is for "hf"; ``seed``, ``max_model_len`` (the longest prompt +
+        response to score), ``gpu_memory_utilization`` for "vllm" (its engine options; on
+        GPU only, a CPU engine's KV cache is sized from ``max_batch_tokens``).
         ``temperature``: score under softmax(logits / temperature) ("hf" only; the
         "vllm" backend's prompt log-probs are always raw)."""
         if backend not in ("hf", "vllm"):
@@ -149,7 +155,8 @@ class TeacherServer:
         if backend == "hf":
             make = lambda: _HFScorer(model_dir, dtype, device, temperature)  # noqa: E731
         else:
-            make = lambda: _VLLMScorer(model_dir, dtype, seed, max_model_len, gpu_memory_utilization)  # noqa: E731
+            make = lambda: _VLLMScorer(model_dir, dtype, seed, max_model_len, gpu_memory_utilization,  # noqa: E731
+                                        max_batch_tokens)
         t0 = time.perf_counter()
         self._scorer = self._executor.submit(make).result()
         logger.info("teacher (%s) ready in %.1fs: %s", backend, time.perf_counter() - t0, model_dir)

@@ -86,8 +86,7 @@ class BigSide:
         from actors.learner import LearnerGroup
         from actors.rollout import RolloutWorker
         from scope_ray.config import load_config
-        from scope_ray.controller.cluster import CPU_ENGINE_GIB
-        from scope_ray.engines.vllm_engine import EngineOptions, cpu_memory_fraction
+        from scope_ray.engines.vllm_engine import EngineOptions
         from scope_ray.learner import LearnerOptions
 
         cfg = load_config(None, [f"model.student={model_dir}", f"model.teacher={model_dir}",
@@ -95,7 +94,7 @@ class BigSide:
         self.learner = LearnerGroup(str(model_dir), LearnerOptions.from_run_config(cfg), num_workers=1, timeout_s=1200)
         engine = EngineOptions(model_dir=str(model_dir), seed=0,
                                max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
-                               gpu_memory_utilization=cpu_memory_fraction(CPU_ENGINE_GIB), dtype=cfg.model.dtype,
+                               dtype=cfg.model.dtype,
                                enable_weight_sync=True)
         self.worker = RolloutWorker.options(num_cpus=cfg.rollout.num_cpus).remote(engine, {"max_tokens": 8})
         ray.get(self.worker.ready.remote(), timeout=1200)

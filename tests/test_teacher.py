@@ -114,18 +114,26 @@ def test_hf_batching_happened(hf_scores) -> None:
     assert stats["real_tokens"] <= stats["padded_tokens"] and stats["forward_s"] > 0
 
 
-def test_vllm_backend_agrees_with_hf(ray_session, tiny_model_dir, hf_scores, cpu_kv_memory_fraction) -> None:
+def test_vllm_backend_agrees_with_hf(ray_session, tiny_model_dir, hf_scores, hf_reference) -> None:
     reqs, hf_results, _, _ = hf_scores
+    # max_model_len is the longest rollout (prompt + response), as the trainer passes it.
     teacher = TeacherServer.options(num_cpus=1).remote(
         str(tiny_model_dir), backend="vllm", max_batch_tokens=BUDGET, max_wait_ms=50, dtype="float32",
-        max_model_len=256, gpu_memory_utilization=cpu_kv_memory_fraction,
+        max_model_len=256,
     )
+    # A rollout of exactly the full length: vLLM refuses a prompt that fills its model
+    # length when asked for prompt log-probs, so the engine gets one token more.
+    full = ScoreRequest(prompt_ids=[(3 * i) % 250 + 5 for i in range(200)],
+                        response_ids=[(7 * i) % 250 + 5 for i in range(56)])
     try:
         got = [out[0] for out in ray.get([teacher.score.remote([r]) for r in reqs], timeout=120)]
+        (full_got,) = ray.get(teacher.score.remote([full]), timeout=120)
         stats = ray.get(teacher.stats.remote())
     finally:
         ray.kill(teacher)
+    assert full.num_tokens == 256 and full_got.shape == (56,)
+    np.testing.assert_allclose(full_got, _unbatched(hf_reference, full), atol=1e-3, rtol=0)
     for r, g, h in zip(reqs, got, hf_results):
         assert g.dtype == np.float32 and g.shape == (len(r.response_ids),)
         np.testing.assert_allclose(g, h, atol=1e-3, rtol=0)
-    assert stats["batches"] < stats["sequences"] == 32
+    assert stats["batches"] < stats["sequences"] == 33

@@ -15,12 +15,9 @@ from typing import Any
 
 from scope_ray.config import RayConfig, RunConfig
 from scope_ray.controller.trainer import Components
-from scope_ray.engines.vllm_engine import EngineOptions, cpu_memory_fraction, cuda_available
+from scope_ray.engines.vllm_engine import EngineOptions
 
 logger = logging.getLogger(__name__)
-
-# vLLM-CPU engine budget (weights + KV cache) per engine, in GiB.
-CPU_ENGINE_GIB = 2.5
 
 
 def logical_cpus_needed(cfg: RunConfig) -> int:
@@ -63,15 +60,28 @@ def _quiet_env() -> dict[str, Any]:
     return {"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}}
 
 
+def rollout_max_num_seqs(cfg: RunConfig) -> int:
+    """``rollout.max_num_seqs``, or (0) the largest call a worker serves: a training
+    request (prompts_per_request x G) or an evaluation request (trainer.evaluate asks
+    for max(prompts_per_request, 8) prompts x eval_k), so every call decodes as one batch."""
+    r, t = cfg.rollout, cfg.trainer
+    if r.max_num_seqs > 0:
+        return r.max_num_seqs
+    return max(r.prompts_per_request * r.group_size, max(r.prompts_per_request, 8) * t.eval_k)
+
+
 def _engine_options(cfg: RunConfig, model_dir: str) -> EngineOptions:
     r = cfg.rollout
-    on_gpu = r.num_gpus > 0 and cuda_available()
+    # gpu_memory_utilization applies where the engine finds a GPU; a CPU engine sizes its
+    # KV cache from max_num_seqs. Decided inside the actor (create_llm), not here: the
+    # driver may run on a head node without a GPU.
     return EngineOptions(
         model_dir=model_dir,
         seed=cfg.trainer.seed,
         max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
         tensor_parallel_size=r.tensor_parallel_size,
-        gpu_memory_utilization=r.gpu_memory_utilization if on_gpu else cpu_memory_fraction(CPU_ENGINE_GIB),
+        gpu_memory_utilization=r.gpu_memory_utilization,
+        max_num_seqs=rollout_max_num_seqs(cfg),
         dtype=cfg.model.dtype,
         enable_weight_sync=True,
         # Log-probs of the tempered (and top-k/top-p) distribution actually sampled from;
@@ -113,7 +123,6 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
     # The reference is the initial *sampling* policy, tempered like the trained one.
     scorer_temperature = t.temperature if spec.needs_teacher else r.temperature
     if spec.needs_teacher or (spec.needs_reference and cfg.algorithm.kl_beta > 0):
-        on_gpu = t.num_gpus > 0
         teachers = [
             # Scoring is a pure function of its input: Ray retries a lost call on the
             # restarted replica by itself (the stream then tries another replica).
@@ -124,7 +133,7 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
                 scorer_dir, backend=t.backend, max_batch_tokens=t.max_batch_tokens, max_wait_ms=t.max_wait_ms,
                 dtype=cfg.model.dtype, seed=cfg.trainer.seed,
                 max_model_len=cfg.model.max_prompt_tokens + cfg.model.max_response_tokens,
-                gpu_memory_utilization=t.gpu_memory_utilization if on_gpu else cpu_memory_fraction(CPU_ENGINE_GIB),
+                gpu_memory_utilization=t.gpu_memory_utilization,
                 temperature=scorer_temperature,
             )
             for _ in range(t.num_replicas)
