@@ -1,4 +1,4 @@
-"""``scope-ray`` command line: train, bootstrap, eval."""
+"""``scope-ray`` command line: train, bootstrap, eval, verify-checkpoint."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     add_bootstrap_arguments(sub.add_parser("bootstrap", help="build the embedded tiny task, teacher and student"))
     add_eval_arguments(sub.add_parser("eval", help="avg@k / pass@k of a model on a dataset (vLLM)"))
+    check = sub.add_parser("verify-checkpoint", help="check a checkpoint's (or a run's) files against its manifest")
+    check.add_argument("path", help="a checkpoints/step_NNNNNN directory, or a run directory")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             from scope_ray.controller.launch import train_command
 
             return train_command(args.config, args.overrides, args.resume)
+        if args.command == "verify-checkpoint":
+            return _verify_checkpoint(args.path)
         if args.command == "bootstrap":
             from scope_ray.evaluation import run_bootstrap
 
@@ -64,6 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         # checkpoint in one line, no traceback.
         print(f"scope-ray: training stopped: {exc}", file=sys.stderr)
         return 3
+
+
+def _verify_checkpoint(path: str) -> int:
+    """One line per checkpoint; exit 0 when all are intact, 1 otherwise."""
+    from scope_ray.controller.checkpoint import verify_path
+
+    try:
+        results = verify_path(path)
+    except FileNotFoundError as exc:
+        print(f"scope-ray: {exc}", file=sys.stderr)
+        return 2
+    for ckpt_dir, problem in results:
+        print(f"ok       {ckpt_dir}" if problem is None else f"INVALID  {ckpt_dir}: {problem}")
+    return 0 if all(problem is None for _, problem in results) else 1
 
 
 if __name__ == "__main__":
