@@ -99,7 +99,7 @@ def test_sigkilled_driver_resumes_from_last_good_checkpoint(tiny_bootstrap, tmp_
         # their raylet is gone, so a later tree walk would miss them).
         procs = psutil.Process(first.pid).children(recursive=True)
         names = {_name(p) for p in procs}
-        listening = _listening(procs)
+        listening = _listening([psutil.Process(first.pid), *procs])
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     finally:
@@ -109,23 +109,37 @@ def test_sigkilled_driver_resumes_from_last_good_checkpoint(tiny_bootstrap, tmp_
     assert first.returncode == -signal.SIGKILL
     assert {"raylet", "gcs_server"} <= names, f"no local Ray under the driver: {names}"
     assert not [x for x in listening if x[2] == DASHBOARD_PORT], f"dashboard serving: {listening}"
+    # A local run is unreachable from the network: every socket it listens on (Ray's
+    # GCS, raylet, workers and agents, the learner's rendezvous) is on loopback.
+    assert len(listening) >= 5, f"too few listening sockets found to judge: {listening}"
+    beyond = [x for x in listening if not _is_loopback(x[1])]
+    assert not beyond, f"listening beyond loopback: {beyond}"
 
     # Ray's core (GCS, raylet, the actors with their engines) dies with the driver.
     core_left = _wait_gone(procs, 30, skip=AGENTS)
     assert not core_left, f"still running after the driver's SIGKILL: {core_left}"
 
-    # The disk half-wrote the newest checkpoint: resume must skip it, with a warning.
+    # 4 KB of the newest checkpoint's DeepSpeed model state flipped in place, size
+    # unchanged (what a bad disk or a stray write does): resume must notice, set it
+    # aside with a warning naming it and the file, and continue from the one before.
     newest = ckpt.latest_valid(run_dir)
     assert newest is not None and newest.step >= 2
-    victim = newest.hf_dir / "model.safetensors"
-    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    (victim,) = newest.deepspeed_dir.glob("*/mp_rank_00_model_states.pt")
+    data = bytearray(victim.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 4096] = bytes(b ^ 0xFF for b in data[mid:mid + 4096])
+    victim.write_bytes(bytes(data))
+    assert ckpt.validate(newest.path, check_digests=False) is None  # sizes alone miss it
 
     second = subprocess.run(_cli("--resume", str(run_dir)), capture_output=True, text=True, env=_env(),
                             timeout=600)
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-3000:]
-    assert f"skipping checkpoint {newest.path}" in log and "model.safetensors has" in log
+    assert f"checkpoint {newest.path} is invalid" in log and "mp_rank_00_model_states.pt does not match" in log
     assert f"resumed from {ckpt.checkpoints_dir(run_dir) / f'step_{newest.step - 1:06d}'}" in log
+    # Set aside, not deleted: the damaged files are still there to look at.
+    aside = newest.path.with_name(newest.path.name + ckpt.INVALID_SUFFIX)
+    assert (aside / victim.relative_to(newest.path)).read_bytes() == bytes(data)
 
     # Every step logged once, the last checkpoint complete, no staging leftovers.
     assert [r["step"] for r in rows(run_dir) if "learner/loss" in r] == [1, 2, 3, 4]
@@ -144,6 +158,14 @@ def test_sigkilled_driver_resumes_from_last_good_checkpoint(tiny_bootstrap, tmp_
     texts = [log, (tmp_path / "first.log").read_text(), (run_dir / "train.log").read_text(),
              (run_dir / "config.yaml").read_text()]
     assert len(token) >= 16 and not any(token in t for t in texts)
+
+
+def _is_loopback(ip: str) -> bool:
+    import ipaddress
+
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)  # "::ffff:127.0.0.1"
+    return (mapped or addr).is_loopback
 
 
 def _name(p: psutil.Process) -> str:

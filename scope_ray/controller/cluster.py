@@ -38,12 +38,13 @@ def connect(rc: RayConfig, cfg: RunConfig | None = None) -> None:
         logger.info("joining Ray cluster at %s", address)
         ray.init(address=address)
         return
-    # No dashboard, hence no job server: nothing accepts HTTP job submissions. Ray's
-    # own gRPC ports (GCS, raylet, workers) still listen on every interface whatever
-    # the node address, so Ray 2.60's token authentication (on by default: a token in
-    # ~/.ray/auth_token) stays on unless RAY_AUTH_MODE says otherwise. If this driver
-    # is SIGKILLed, the Ray it started goes too: GCS, raylet and actors within seconds,
-    # the two node agents within about a minute (docs/RELIABILITY.md).
+    # No dashboard, hence no job server: nothing accepts HTTP job submissions, and
+    # every port the local Ray opens (GCS, raylet, workers, agents) listens on loopback
+    # only (bind_local_ray_to_loopback). Ray 2.60's token authentication (on by default:
+    # a token in ~/.ray/auth_token) stays on as well unless RAY_AUTH_MODE says otherwise.
+    # If this driver is SIGKILLed, the Ray it started goes too: GCS, raylet and actors
+    # within seconds, the two node agents within about a minute (docs/RELIABILITY.md).
+    bind_local_ray_to_loopback()
     num_cpus = rc.num_cpus or max(os.cpu_count() or 1, logical_cpus_needed(cfg) if cfg else 1)
     # address="local": a new Ray even when another one runs on this machine. Plain
     # ray.init() would attach to the newest local cluster (/tmp/ray/ray_current_cluster,
@@ -52,6 +53,24 @@ def connect(rc: RayConfig, cfg: RunConfig | None = None) -> None:
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host=rc.dashboard_host)
     logger.info("started local Ray with %d logical CPUs (token auth: %s)", num_cpus,
                 os.environ.get("RAY_AUTH_MODE", "token"))
+
+
+def bind_local_ray_to_loopback() -> None:
+    """Make the local Ray this process starts use 127.0.0.1 as its node address, so its
+    gRPC servers (which listen on loopback only when the node address is 127.0.0.1) and
+    agents are unreachable from the network: a one-machine run has no reason to be.
+
+    Ray refuses ``_node_ip_address="127.0.0.1"`` (it resolves loopback to the machine's
+    routable address) except in its single-machine mode, the one it uses on macOS and
+    Windows, switched by ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``. That variable is read
+    when Ray is imported, which has happened by now, so the parsed constant is set too;
+    the variable reaches the processes Ray spawns. tests/test_faults_driver.py reads the
+    listening sockets of a real run and fails if a Ray upgrade changes this.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _quiet_env() -> dict[str, Any]:

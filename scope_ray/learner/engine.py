@@ -61,8 +61,49 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
 
     if backend == "nccl":
         torch.cuda.set_device(0)
+    if is_loopback(master_addr):
+        _init_on_loopback(rank, world_size, master_addr, master_port, backend)
+    # Creates the process group from the env variables, or adopts the one made above.
     deepspeed.init_distributed(dist_backend=backend)
     logger.info("rank %d/%d joined %s group at %s:%d", rank, world_size, backend, master_addr, master_port)
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+def _init_on_loopback(rank: int, world_size: int, master_addr: str, master_port: int, backend: str) -> None:
+    """The process group of a one-machine run (rank 0's Ray node address is loopback,
+    so every rank is on this machine), reachable from this machine only.
+
+    torch's env:// rendezvous starts rank 0's TCPStore on every interface; here rank 0
+    binds the listening socket to loopback itself and hands it to the store. Gloo's and
+    NCCL's own connections are pinned to the loopback interface the same way.
+    """
+    import socket
+
+    # The timeout DeepSpeed itself gives the group (DEEPSPEED_TIMEOUT, 10 min).
+    from deepspeed.constants import default_pg_timeout as timeout
+
+    # Never overrides the user; read by gloo / NCCL when the group connects.
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    listener = None
+    if rank == 0:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((master_addr, master_port))
+        listener.listen(max(16, world_size))
+    store = torch.distributed.TCPStore(
+        master_addr, master_port, world_size, is_master=rank == 0, timeout=timeout,
+        master_listen_fd=listener.fileno() if listener is not None else None, use_libuv=False,
+    )
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
 
 
 def deepspeed_config(options: LearnerOptions) -> dict[str, Any]:
