@@ -60,6 +60,8 @@ class RolloutConfig:
     num_workers: int = 1
     group_size: int = 8  # G rollouts per prompt
     temperature: float = 0.6
+    # Training samples the full tempered distribution: top_p must stay 1 and top_k -1
+    # (see the check in _validate); trainer.eval_top_p / eval_top_k apply to evaluation.
     top_p: float = 1.0
     top_k: int = -1
     tensor_parallel_size: int = 1
@@ -224,8 +226,18 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(r.num_workers >= 1, "rollout.num_workers", "must be >= 1")
     _require(r.group_size >= 1, "rollout.group_size", "must be >= 1")
     _require(r.temperature > 0, "rollout.temperature", "must be > 0 (sampling; greedy rollouts give identical groups)")
-    _require(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
-    _require(r.top_k == -1 or r.top_k > 0, "rollout.top_k", "must be -1 (off) or > 0")
+    # Nucleus / top-k rollouts are refused: vLLM's processed log-probs are then
+    # renormalised over the kept tokens while the learner scores the whole (tempered)
+    # vocabulary, so rho != 1 at an unchanged policy (0.95-0.98 per token at top_p 0.95),
+    # biasing the student weights and GRPO's clipping. Evaluation keeps both settings.
+    _require(r.top_p == 1.0, "rollout.top_p",
+             f"must be 1.0 for training, got {r.top_p} (the learner scores the full vocabulary; "
+             "nucleus sampling is for evaluation: trainer.eval_top_p)")
+    _require(r.top_k == -1, "rollout.top_k",
+             f"must be -1 (off) for training, got {r.top_k} (the learner scores the full vocabulary; "
+             "top-k sampling is for evaluation: trainer.eval_top_k)")
+    _require(0 < tr.eval_top_p <= 1, "trainer.eval_top_p", "must be in (0, 1]")
+    _require(tr.eval_top_k == -1 or tr.eval_top_k > 0, "trainer.eval_top_k", "must be -1 (off) or > 0")
     _require(r.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
     _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
     _require(r.prompts_per_request >= 1, "rollout.prompts_per_request", "must be >= 1")

@@ -16,6 +16,9 @@ def test_defaults_validate_and_overrides_apply():
     assert cfg.learner.betas == [0.9, 0.95]
     assert cfg.trainer.eval_at_end is False
     assert RunConfig().validate().uses_embedded_models
+    # Nucleus / top-k stay available for evaluation (the paper evaluates at 0.95 / 20).
+    cfg = load_config(None, ["trainer.eval_top_p=0.95", "trainer.eval_top_k=20"])
+    assert (cfg.trainer.eval_top_p, cfg.trainer.eval_top_k) == (0.95, 20)
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -52,6 +55,10 @@ def test_round_trip_through_yaml(tmp_path):
         ("teacher.temperature=0", "teacher.temperature: must be > 0"),
         ("teacher.backend=vllm teacher.temperature=2", "teacher.temperature: must be 1.0 with teacher.backend 'vllm'"),
         ("algorithm.name=grpo teacher.backend=vllm", "teacher.backend: must be 'hf' for grpo when rollout.temperature != 1"),
+        ("rollout.top_p=0.95", "rollout.top_p: must be 1.0 for training, got 0.95"),
+        ("rollout.top_k=20", "rollout.top_k: must be -1 (off) for training, got 20"),
+        ("trainer.eval_top_p=0", "trainer.eval_top_p: must be in (0, 1]"),
+        ("rollout.max_num_seqs=-1", "rollout.max_num_seqs: must be >= 0"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(override, message):
