@@ -79,8 +79,9 @@ class LearnerWorker:
                    micro_batch_tokens: int | None = None) -> dict[str, Any]:
         return self.core.train_step(shard, num_prompts_global, num_tokens_global, micro_batch_tokens)
 
-    def compute_logprobs(self, shard: TrainBatch, micro_batch_tokens: int | None = None) -> torch.Tensor:
-        return self.core.compute_logprobs(shard, micro_batch_tokens)
+    def compute_logprobs(self, shard: TrainBatch, micro_batch_tokens: int | None = None,
+                         policy: str = "current") -> torch.Tensor:
+        return self.core.compute_logprobs(shard, micro_batch_tokens, policy)
 
     def export_weights(self, bucket_mb: float | None = None,
                        as_ref: bool = False) -> dict[str, torch.Tensor] | list[bytes] | list[ray.ObjectRef] | None:
@@ -222,10 +223,12 @@ class LearnerGroup:
         ]
         return merge_step_metrics(self._get_all(refs, "train_step", timeout_s))
 
-    def compute_logprobs(self, batch: TrainBatch, micro_batch_tokens: int | None = None) -> torch.Tensor:
-        """[N, L] log-probs of the response tokens under the current weights (0 elsewhere)."""
+    def compute_logprobs(self, batch: TrainBatch, micro_batch_tokens: int | None = None,
+                         policy: str = "current") -> torch.Tensor:
+        """[N, L] log-probs of the response tokens (0 elsewhere) under the current weights
+        or, ``policy="previous"``, the ones the latest train_step replaced."""
         shards = self._shards(batch)
-        refs = [w.compute_logprobs.remote(batch.select(rows).trim(), micro_batch_tokens)
+        refs = [w.compute_logprobs.remote(batch.select(rows).trim(), micro_batch_tokens, policy)
                 for w, rows in zip(self.workers, shards)]
         out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
         for rows, part in zip(shards, self._get_all(refs, "compute_logprobs")):

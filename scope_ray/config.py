@@ -111,7 +111,9 @@ class LearnerConfig:
     gradient_checkpointing: bool = False
     # pi_old in rho: "rollout" = the engine's log-probs of its own samples (exactly the
     # behaviour policy, also under max_staleness=1); "recompute" = a learner forward pass
-    # before the step (verl's default; steadier when engine and learner numerics differ).
+    # before the step under the weights that generated each rollout (verl's default;
+    # steadier when engine and learner numerics differ). Under max_staleness=1 the
+    # learner keeps the previous weights for it: one more model copy per rank.
     old_logp: Literal["rollout", "recompute"] = "rollout"
     num_cpus: float = 1.0
     num_gpus: float = 0.0

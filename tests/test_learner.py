@@ -48,8 +48,9 @@ def _synthetic_batch() -> TrainBatch:
     )
 
 
-def _make_group(model_dir: Path, zero_stage: int, num_workers: int, ckpt_dir: Path) -> LearnerGroup:
-    group = LearnerGroup(str(model_dir), _opts(zero_stage), num_workers, timeout_s=300)
+def _make_group(model_dir: Path, zero_stage: int, num_workers: int, ckpt_dir: Path, **extra) -> LearnerGroup:
+    group = LearnerGroup(str(model_dir), LearnerOptions(**{**_opts(zero_stage).__dict__, **extra}), num_workers,
+                         timeout_s=300)
     group.save_checkpoint(str(ckpt_dir), tag="init")
     return group
 
@@ -109,7 +110,8 @@ def reference_update(single, batch, initial_weights) -> tuple[Weights, dict]:
 @pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
 def dp_group(request, ray_session, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     ckpt = tmp_path_factory.mktemp(f"dp_zero{request.param}_ckpt")
-    group = _make_group(tiny_model_dir, request.param, 2, ckpt)
+    # keep_previous_policy: the copy it keeps does not enter the update (checked below).
+    group = _make_group(tiny_model_dir, request.param, 2, ckpt, keep_previous_policy=True)
     yield group, ckpt
     group.shutdown()
 
@@ -146,6 +148,19 @@ def test_two_workers_match_one_worker(dp_group, batch, reference_update, initial
     assert metrics["grad_norm"] == pytest.approx(ref_metrics["grad_norm"], rel=1e-5)
     assert _max_diff(group.export_weights(), ref_weights) < ATOL
     assert _max_diff(ref_weights, initial_weights) > 1e-4  # the step did move the weights
+
+
+def test_previous_policy_is_the_one_the_step_replaced(dp_group, batch) -> None:
+    """learner.old_logp=recompute under max_staleness=1 scores a rollout made one version
+    ago under the weights before the latest step (kept on every rank, ZeRO-2 and -3)."""
+    group, ckpt = dp_group
+    _reset(group, ckpt)
+    before = group.compute_logprobs(batch)
+    group.train_step(batch, micro_batch_tokens=BUDGET)
+    after = group.compute_logprobs(batch)
+    previous = group.compute_logprobs(batch, policy="previous")
+    assert float((after - before).abs().max()) > 1e-3  # the step moved the policy
+    torch.testing.assert_close(previous, before, atol=1e-6, rtol=0)
 
 
 def test_more_ranks_than_groups(dp_group, single, batch) -> None:

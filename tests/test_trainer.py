@@ -116,3 +116,22 @@ def test_grpo_without_teacher_uses_reference_and_recomputed_old_logp(ray_session
     assert len(rows) == 2
     assert rows[0]["learner/logp_gap"] == 0.0  # old log-probs are the learner's own
     assert "teacher/reverse_kl" not in rows[0]  # no teacher in GRPO
+
+
+def test_recompute_keeps_the_lag_correction_at_staleness_1(ray_session, tiny_bootstrap, tmp_path):
+    """max_staleness=1: step s trains on rollouts of the policy before step s-1. With
+    learner.old_logp=recompute, pi_old must be the learner's forward under *those*
+    weights (kept from before the last step), so rho equals the rollout-log-prob run's;
+    recomputing with the current weights would give rho = 1 and drop the correction."""
+    gaps = {}
+    for mode in ("rollout", "recompute"):
+        run_dir = tmp_path / mode
+        cfg = _cfg(tiny_bootstrap, run_dir, 3, ["trainer.max_staleness=1", f"learner.old_logp={mode}",
+                                                 "trainer.save_every=0", "trainer.eval_at_end=false"])
+        run_training(cfg, run_dir, None, show_progress=False)
+        rows = [r for r in _rows(run_dir) if "learner/loss" in r]
+        assert [r["rollout/staleness_max"] for r in rows] == [0, 1, 1]
+        gaps[mode] = [(r["learner/logp_gap"], r["learner/rho_mean"]) for r in rows]
+    for (gap_a, rho_a), (gap_b, rho_b) in zip(gaps["rollout"][1:], gaps["recompute"][1:]):
+        assert gap_a > 1e-3  # the lag is real at lr 1e-3
+        assert gap_b == pytest.approx(gap_a, abs=1e-4) and rho_b == pytest.approx(rho_a, abs=1e-4)

@@ -270,6 +270,24 @@ class Trainer:
                                  rank=None, call="train_step") from exc
         return metrics, time.perf_counter() - t0
 
+    def _recomputed_old_logp(self, batch, wb: WeightedBatch) -> torch.Tensor:
+        """pi_old as the learner's own forward pass (verl's default: engine and learner
+        numerics differ under bf16 on GPUs), under the weights that generated each
+        rollout: the current ones, or for a rollout one version behind (max_staleness 1)
+        the ones the last step replaced, which the learner keeps for this. Recomputing
+        everything with the current weights would make rho = 1 and drop the lag correction.
+        """
+        versions = torch.tensor([r.policy_version for g in wb.groups for r in g.rollouts])
+        lag = self.version - versions
+        if bool(((lag < 0) | (lag > 1)).any()):
+            raise RuntimeError(f"rollouts of policy versions {sorted(set(versions.tolist()))} at learner version "
+                               f"{self.version}: recompute covers the current and the previous version only")
+        old = self.parts.learner.compute_logprobs(batch) if bool((lag == 0).any()) else None
+        if bool((lag == 1).any()):
+            previous = self.parts.learner.compute_logprobs(batch, policy="previous")
+            old = previous if old is None else torch.where((lag == 1)[:, None], previous, old)
+        return old
+
     def _controller_state(self, prefetched: bool) -> dict[str, Any]:
         sampler_state, counter = (
             self._before_draw if prefetched else (self.parts.train_sampler.state_dict(), self.group_counter)
@@ -376,9 +394,7 @@ class Trainer:
             wb = weigh_groups(self.spec, groups, tau=self.cfg.algorithm.tau, normalize=self.cfg.algorithm.normalize)
             batch = to_train_batch(wb, self.parts.pad_id, scores_are_reference=self.spec.needs_reference)
             if self.cfg.learner.old_logp == "recompute":
-                # verl's default: pi_old is the learner's own forward pass, not the
-                # engine's sampling log-probs (they differ under bf16 on GPUs).
-                batch.old_logp = self.parts.learner.compute_logprobs(batch)
+                batch.old_logp = self._recomputed_old_logp(batch, wb)
             next_stream = None
             if staleness >= 1 and self.step + 1 < t.total_steps:
                 next_stream = self._start_stream()

@@ -77,6 +77,8 @@ class LearnerCore:
         self.options = options
         self.spec = get_algorithm(options.algorithm)
         self.engine = None
+        # The policy before the latest train_step (options.keep_previous_policy).
+        self._previous: torch.nn.Module | None = None
 
     # ------------------------------------------------------------------ set-up
     def init_engine(self, master_addr: str, master_port: int) -> None:
@@ -159,6 +161,8 @@ class LearnerCore:
         if passes == 0:
             raise ValueError("train_step on an empty global batch")
 
+        if self.options.keep_previous_policy:
+            self._keep_current_as_previous()
         stats = RankStepStats(micro_batches=len(parts), idle_micro_batches=passes - len(parts))
         self.engine.train()
         for k in range(passes):
@@ -184,21 +188,50 @@ class LearnerCore:
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def compute_logprobs(self, shard: TrainBatch, micro_batch_tokens: int | None = None) -> torch.Tensor:
-        """log pi_theta of each response token, [N, L] float32 on CPU, 0 elsewhere."""
+    def compute_logprobs(self, shard: TrainBatch, micro_batch_tokens: int | None = None,
+                         policy: str = "current") -> torch.Tensor:
+        """log pi of each response token, [N, L] float32 on CPU, 0 elsewhere, under the
+        ``"current"`` weights or (``"previous"``, needs ``keep_previous_policy``) the ones
+        the latest train_step replaced."""
         self._require_engine()
+        if policy not in ("current", "previous"):
+            raise ValueError(f"policy must be 'current' or 'previous', got {policy!r}")
         parts = micro_batch_indices(shard.lengths(), micro_batch_tokens or self.options.micro_batch_tokens)
-        passes = self._agree_max(len(parts))
         out = torch.zeros(shard.input_ids.shape, dtype=torch.float32)
-        self.engine.eval()
+        if policy == "previous":
+            if self._previous is None:
+                raise RuntimeError("no previous policy kept: it exists after a train_step with "
+                                   "keep_previous_policy (learner.old_logp=recompute, trainer.max_staleness=1)")
+            model, passes = self._previous, len(parts)  # a plain module: no collectives
+        else:
+            model, passes = self.engine, self._agree_max(len(parts))
+            self.engine.eval()
         for k in range(passes):
             if k >= len(parts):
                 self._idle_logprobs()
                 continue
             mb = shard.select(parts[k]).trim()
-            logp = self._logprobs(mb).float().cpu()
+            logp = token_logprobs(model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
+                                  self.options.temperature).float().cpu()
             out[parts[k], : mb.seq_len] = torch.where(mb.response_mask.bool(), logp, torch.zeros(()))
         return out
+
+    def _keep_current_as_previous(self) -> None:
+        """Copy the weights the coming update replaces into a frozen module on this rank
+        (a collective gather under ZeRO-3: every rank calls it in train_step)."""
+        state = export_state(self.engine.module, self.options.zero_stage == 3, keep=True)
+        if self._previous is None:
+            from transformers import AutoModelForCausalLM
+
+            dtype = next(iter(state.values())).dtype
+            self._previous = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device)
+            self._previous.eval().requires_grad_(False)
+        missing, unexpected = self._previous.load_state_dict(state, strict=False)
+        # A tied output head is exported once, as the embedding (learner/weights.py).
+        tied = {"lm_head.weight"} if getattr(self._previous.config, "tie_word_embeddings", False) else set()
+        if unexpected or set(missing) - tied:
+            raise RuntimeError(f"previous-policy copy does not match the model: missing {sorted(set(missing) - tied)}, "
+                               f"unexpected {sorted(unexpected)}")
 
     # ------------------------------------------------------------------ weights
     def export_weights(self) -> dict[str, torch.Tensor] | None:

@@ -34,6 +34,10 @@ class LearnerOptions:
     # Log-probs are of softmax(logits / temperature): the rollout sampling temperature,
     # so the trained policy is the one that generated the rollouts (verl does the same).
     temperature: float = 1.0
+    # Keep a frozen copy of the weights each step replaces, so pi_old of a rollout made
+    # one policy version ago can be recomputed (learner.old_logp=recompute with
+    # trainer.max_staleness=1). Costs one full model copy per rank in the learner dtype.
+    keep_previous_policy: bool = False
     # Ray resources per worker; num_gpus > 0 means CUDA + NCCL, else CPU + gloo.
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -81,4 +85,6 @@ class LearnerOptions:
             algorithm=algo.name, aggregation=algo.aggregation, clip_eps=algo.clip_eps, kl_beta=algo.kl_beta,
             seed=cfg.trainer.seed, num_cpus=lr.num_cpus, num_gpus=lr.num_gpus,
             temperature=cfg.rollout.temperature,
+            keep_previous_policy=(lr.old_logp == "recompute" and cfg.trainer.max_staleness >= 1
+                                  and cfg.trainer.schedule == "stream"),
         )
