@@ -21,8 +21,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from scope_ray.algo import get_algorithm
 from scope_ray.batching import TrainBatch, shard_indices
 from scope_ray.engines.weight_buckets import pack_state_dict
+from scope_ray.errors import first_line
 from scope_ray.learner import LearnerCore, LearnerOptions, merge_step_metrics
 from scope_ray.learner.core import check_batch, free_port
+from scope_ray.log_routing import capture_process_output
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +52,10 @@ class LearnerFailure(RuntimeError):
         self.call = call
 
 
-def _first_line(exc: BaseException) -> str:
-    """The gist of a remote error: for a task error, the rank's own exception (Ray's
-    wrapper starts with a header line naming only the actor)."""
-    if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
-        exc = exc.cause
-        prefix = f"{type(exc).__name__}: "
-    else:
-        prefix = ""
-    text = str(exc).strip().splitlines()
-    return prefix + (text[0] if text else type(exc).__name__)
-
-
 @ray.remote
 class LearnerWorker:
     def __init__(self, rank: int, world_size: int, model_dir: str, options: LearnerOptions) -> None:
+        capture_process_output()  # a local run's train.log, not the terminal (log_routing)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         self.core = LearnerCore(rank, world_size, model_dir, options)
 
@@ -198,10 +189,10 @@ class LearnerGroup:
                 try:
                     results[rank] = ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
-                    raise LearnerFailure(f"learner worker {rank}: {call}() failed, the actor died: {_first_line(exc)}",
+                    raise LearnerFailure(f"learner worker {rank}: {call}() failed, the actor died: {first_line(exc)}",
                                          rank=rank, call=call) from exc
                 except Exception as exc:  # noqa: BLE001 - named and re-raised
-                    raise LearnerFailure(f"learner worker {rank}: {call}() failed: {_first_line(exc)}",
+                    raise LearnerFailure(f"learner worker {rank}: {call}() failed: {first_line(exc)}",
                                          rank=rank, call=call) from exc
         return [results[rank] for rank in range(len(refs))]
 

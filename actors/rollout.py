@@ -25,6 +25,7 @@ import numpy as np
 import ray
 
 from scope_ray.engines.vllm_engine import EngineOptions, create_llm
+from scope_ray.log_routing import capture_process_output
 from scope_ray.types import GenerationRequest, Rollout
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def request_seed(worker_seed: int, worker_index: int, call_index: int) -> int:
 @ray.remote
 class RolloutWorker:
     def __init__(self, engine: EngineOptions, sampling: SamplingConfig | dict[str, Any], worker_index: int = 0) -> None:
+        capture_process_output()  # a local run's train.log, not the terminal (log_routing)
         self.worker_index = worker_index
         self.engine_opts = engine
         self.sampling = SamplingConfig.coerce(sampling)

@@ -28,6 +28,7 @@ import numpy as np
 import ray
 import torch
 
+from scope_ray.log_routing import capture_process_output
 from scope_ray.teacher_batching import pack_by_token_budget, padded_tokens
 from scope_ray.types import ScoreRequest
 
@@ -139,6 +140,7 @@ class TeacherServer:
         GPU only, a CPU engine's KV cache is sized from ``max_batch_tokens``).
         ``temperature``: score under softmax(logits / temperature) ("hf" only; the
         "vllm" backend's prompt log-probs are always raw)."""
+        capture_process_output()  # a local run's train.log, not the terminal (log_routing)
         if backend not in ("hf", "vllm"):
             raise ValueError(f"unknown teacher backend {backend!r} (expected 'hf' or 'vllm')")
         if not temperature > 0:

@@ -3,19 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    # vLLM and Ray are chatty at INFO; their warnings still show.
-    for noisy in ("vllm", "ray", "deepspeed", "urllib3", "matplotlib", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +15,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scope-ray", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every library's output on the terminal (default: in train.log only)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     from scope_ray.evaluation import add_bootstrap_arguments, add_eval_arguments
@@ -37,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("verify-checkpoint", help="check a checkpoint's (or a run's) files against its manifest")
     check.add_argument("path", help="a checkpoints/step_NNNNNN directory, or a run directory")
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    from scope_ray.log_routing import setup_driver_logging
+
+    setup_driver_logging(args.verbose)
 
     from scope_ray.config import ConfigError
 

@@ -145,7 +145,10 @@ def run_isolated(fn: Callable[..., T], *args: Any) -> T:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from scope_ray.log_routing import capture_process_output
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=capture_process_output) as pool:
         return pool.submit(fn, *args).result()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,6 +138,14 @@ def test_sigkilled_driver_resumes_from_last_good_checkpoint(tiny_bootstrap, tmp_
     assert second.returncode == 0, log[-3000:]
     assert f"checkpoint {newest.path} is invalid" in log and "mp_rank_00_model_states.pt does not match" in log
     assert f"resumed from {ckpt.checkpoints_dir(run_dir) / f'step_{newest.step - 1:06d}'}" in log
+    # The terminal holds the project's own lines only (progress, summary, its logs);
+    # vLLM's, torch's, DeepSpeed's and Ray's output went to train.log instead.
+    for text in (log, (tmp_path / "first.log").read_text()):
+        foreign = _third_party_lines(text)
+        assert not foreign, f"third-party lines on the terminal: {foreign[:5]}"
+    assert "step 4/4" in log  # plain progress lines when the output is not a terminal
+    train_log = (run_dir / "train.log").read_text()
+    assert "vllm" in train_log.lower() and "WARNING" in train_log
     # Set aside, not deleted: the damaged files are still there to look at.
     aside = newest.path.with_name(newest.path.name + ckpt.INVALID_SUFFIX)
     assert (aside / victim.relative_to(newest.path)).read_bytes() == bytes(data)
@@ -158,6 +167,17 @@ def test_sigkilled_driver_resumes_from_last_good_checkpoint(tiny_bootstrap, tmp_
     texts = [log, (tmp_path / "first.log").read_text(), (run_dir / "train.log").read_text(),
              (run_dir / "config.yaml").read_text()]
     assert len(token) >= 16 and not any(token in t for t in texts)
+
+
+_OWN_LINE = re.compile(
+    r"^(\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) (scope_ray|actors)[.:]"  # the project's logs
+    r"|step \d+/\d+ "  # progress
+    r"|\s*scope-ray: |[┏┃┡│└]|run directory: )"  # the summary table
+)
+
+
+def _third_party_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip() and not _OWN_LINE.match(line)]
 
 
 def _is_loopback(ip: str) -> bool:

@@ -70,6 +70,20 @@ def test_hung_generate(parts, tiny_bootstrap, tmp_path) -> None:
     ray.get(sleep)
 
 
+def test_a_failed_rollout_call_stops_the_run_in_one_line(parts, tiny_bootstrap, tmp_path) -> None:
+    """Through Trainer.run: the stop names the step, the worker, the call and where to
+    continue from, in one line (the remote traceback stays chained, for train.log)."""
+    trainer = _trainer(tiny_bootstrap, parts, tmp_path, generate_timeout_s=2.0)
+    sleep = _sleep_in(parts.rollout_workers[0], 6.0)
+    with pytest.raises(TrainingStopped) as info:
+        trainer.run()
+    ray.get(sleep)
+    text = str(info.value)
+    assert text == ("step 1: rollout worker 0: generate() did not return within 2 s. Stopped; "
+                    "no checkpoint written yet")
+    assert isinstance(info.value.__cause__, RemoteCallError)
+
+
 def test_hung_score(parts, tiny_bootstrap, tmp_path, monkeypatch) -> None:
     trainer = _trainer(tiny_bootstrap, parts, tmp_path, score_timeout_s=2.0)
     sleeps: list[tuple[float, ray.ObjectRef]] = []

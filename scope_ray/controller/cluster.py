@@ -13,7 +13,9 @@ import math
 import os
 from typing import Any
 
+from scope_ray import log_routing
 from scope_ray.config import RayConfig, RunConfig
+from scope_ray.errors import first_line
 from scope_ray.controller.trainer import Components
 from scope_ray.engines.vllm_engine import EngineOptions
 
@@ -50,7 +52,11 @@ def connect(rc: RayConfig, cfg: RunConfig | None = None) -> None:
     # ray.init() would attach to the newest local cluster (/tmp/ray/ray_current_cluster,
     # e.g. a `ray start --head` or another run) and then refuse num_cpus. To join such a
     # cluster on purpose, set ray.address=auto or RAY_ADDRESS.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host=rc.dashboard_host)
+    routed = log_routing.routes_process_output()
+    # Routed: the actors write to train.log themselves, and Ray's client logs go through
+    # the root logger (log_routing); nothing for Ray to forward or configure.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host=rc.dashboard_host,
+             log_to_driver=not routed, configure_logging=not routed)
     logger.info("started local Ray with %d logical CPUs (token auth: %s)", num_cpus,
                 os.environ.get("RAY_AUTH_MODE", "token"))
 
@@ -172,7 +178,7 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
             try:
                 ray.get(h.ready.remote(), timeout=cfg.trainer.generate_timeout_s)
             except Exception as exc:  # noqa: BLE001 - named and re-raised
-                raise RuntimeError(f"{name} {i} failed to start: {exc}") from exc
+                raise RuntimeError(f"{name} {i} failed to start: {first_line(exc)}") from exc
     # Warm the verifier's worker pool now rather than inside the first step.
     get_default_pool()
 

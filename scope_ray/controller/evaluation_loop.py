@@ -11,6 +11,7 @@ import ray
 
 from scope_ray.algo import mean_avg_at_k, mean_pass_at_k
 from scope_ray.controller.stream import PromptItem, RemoteCallError, Verifier
+from scope_ray.errors import first_line
 from scope_ray.types import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def evaluate_with_workers(
         try:
             results = ray.get(ref, timeout=timeout_s)
         except Exception as exc:  # noqa: BLE001 - named and re-raised
-            raise RemoteCallError(f"rollout worker {w}: generate() for evaluation failed: {exc}") from exc
+            raise RemoteCallError(f"rollout worker {w}: generate() for evaluation failed: {first_line(exc)}") from exc
         texts = [r.text for rollouts in results for r in rollouts]
         truths = [it.ground_truth for it, rollouts in zip(chunk, results) for _ in rollouts]
         verdicts = verify(texts, truths)

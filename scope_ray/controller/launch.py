@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from scope_ray import log_routing
 from scope_ray.config import ConfigError, RunConfig, dump_config, load_config
 from scope_ray.controller import checkpoint as ckpt
 from scope_ray.controller.stream import PromptItem
@@ -74,6 +75,13 @@ def make_run_dir(cfg: RunConfig) -> Path:
         path = Path("runs") / f"{cfg.trainer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def is_local(cfg: RunConfig) -> bool:
+    """True when this driver will start its own Ray (no ray.address, no $RAY_ADDRESS)."""
+    import os
+
+    return not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
 
 
 def check_models(inputs: ResolvedInputs) -> None:
@@ -139,20 +147,19 @@ def train_command(config_path: str | None, overrides: list[str], resume_dir: str
         run_dir = make_run_dir(cfg)
     cfg.trainer.run_dir = str(run_dir)
     dump_config(cfg, run_dir / "config.yaml")
-    _log_to_file(run_dir / "train.log")
+    log_routing.add_run_log(run_dir / "train.log")
+    if not log_routing.is_verbose() and is_local(cfg):
+        log_routing.route_process_output(run_dir / "train.log")
     logger.info("run directory: %s", run_dir)
     try:
         summary = run_training(cfg, run_dir, resume_from)
     except TrainingStopped as exc:
-        logger.error("training stopped: %s", exc)  # into train.log; the CLI prints it too
+        # The whole chain (remote tracebacks included) into train.log; the CLI prints
+        # the one line on the terminal.
+        logger.error("training stopped: %s", exc, exc_info=True, extra=log_routing.FILE_ONLY)
         raise
     from scope_ray.controller.progress import print_summary
 
     print_summary(summary, cfg.trainer.eval_k)
     return 0
 
-
-def _log_to_file(path: Path) -> None:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -12,9 +13,20 @@ from scope_ray.controller.trainer import RunSummary
 
 
 class ProgressDisplay:
-    def __init__(self, total_steps: int, *, start: int = 0, eval_k: int = 8, enabled: bool = True) -> None:
+    """A live bar on a terminal; elsewhere (CI, ``ray job logs``, a pipe) one plain line
+    every ~5% of the run, at each evaluation and at the end, since a live bar written to
+    a file is cut to its last frame."""
+
+    def __init__(self, total_steps: int, *, start: int = 0, eval_k: int = 8, enabled: bool = True,
+                 console: Console | None = None) -> None:
         self.eval_k = eval_k
         self.enabled = enabled
+        self.total = total_steps
+        self.console = console or Console()
+        self.live = self.console.is_terminal
+        self.every = max(1, total_steps // 20)
+        self._t0 = time.monotonic()
+        self._start = start
         self._progress = Progress(
             TextColumn("[bold]step {task.completed}/{task.total}"),
             BarColumn(),
@@ -22,7 +34,8 @@ class ProgressDisplay:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
-            disable=not enabled,
+            console=self.console,
+            disable=not (enabled and self.live),
         )
         self._task = self._progress.add_task("train", total=total_steps, completed=start, info="")
 
@@ -33,15 +46,33 @@ class ProgressDisplay:
     def __exit__(self, *exc: Any) -> None:
         self._progress.stop()
 
-    def update(self, step: int, metrics: dict[str, float]) -> None:
+    def _info(self, metrics: dict[str, float]) -> str:
         info = f"acc {metrics.get('rollout/accuracy', float('nan')):.2f}"
         if "learner/loss" in metrics:
             info += f"  loss {metrics['learner/loss']:.3g}"
         key = f"eval/avg@{self.eval_k}"
         if key in metrics:
             info += f"  {key} {metrics[key]:.3f}"
-        info += f"  {metrics.get('time/step_s', 0):.1f}s/step"
-        self._progress.update(self._task, completed=step, info=info)
+        return info + f"  {metrics.get('time/step_s', 0):.1f}s/step"
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        info = self._info(metrics)
+        if self.live:
+            self._progress.update(self._task, completed=step, info=info)
+            return
+        evaluated = f"eval/avg@{self.eval_k}" in metrics
+        if self.enabled and (step % self.every == 0 or step == self.total or evaluated):
+            done = step - self._start
+            eta = (time.monotonic() - self._t0) / done * (self.total - step) if done > 0 else float("nan")
+            self.console.print(f"step {step}/{self.total}  {info}  ETA {_clock(eta)}", highlight=False,
+                               soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    if seconds != seconds:  # nan
+        return "-"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
 def print_summary(summary: RunSummary, eval_k: int, console: Console | None = None) -> None:
@@ -57,4 +88,5 @@ def print_summary(summary: RunSummary, eval_k: int, console: Console | None = No
         delta = "-" if a is None or b is None else f"{100 * (b - a):+.1f} pts"
         table.add_row(key.removeprefix("eval/"), fmt(a), fmt(b), delta)
     console.print(table)
-    console.print(f"run directory: {summary.run_dir}  (metrics.jsonl, curves.png, tensorboard/, checkpoints/)")
+    console.print(f"run directory: {summary.run_dir}  (metrics.jsonl, curves.png, tensorboard/, checkpoints/)",
+                  soft_wrap=True)

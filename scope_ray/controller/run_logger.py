@@ -91,7 +91,7 @@ class RunLogger:
             ax.set_title(title)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-            if key.startswith("eval/"):
+            if key.startswith("eval/") and ax.get_lines():  # no evaluation yet: no legend
                 ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out, dpi=100)

@@ -36,6 +36,7 @@ import ray
 
 from scope_ray.algo import AlgorithmSpec
 from scope_ray.controller.groups import attach_teacher, teacher_requests
+from scope_ray.errors import first_line
 from scope_ray.types import GenerationRequest, Rollout, RolloutGroup, ScoreRequest
 
 logger = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ class StepStream:
             self._lost(p, call, exc)
             return
         except Exception as exc:  # noqa: BLE001 - re-raised with the actor's name
-            raise RemoteCallError(f"{p.actor_name}: {call}() failed: {exc}") from exc
+            raise RemoteCallError(f"{p.actor_name}: {call}() failed: {first_line(exc)}") from exc
         if p.kind == "generate":
             items = p.payload[0]
             if len(result) != len(items):
@@ -277,7 +278,7 @@ class StepStream:
             self._lost(p, "generate_stream", exc)
             return
         except Exception as exc:  # noqa: BLE001 - re-raised with the actor's name
-            raise RemoteCallError(f"{p.actor_name}: generate_stream() failed: {exc}") from exc
+            raise RemoteCallError(f"{p.actor_name}: generate_stream() failed: {first_line(exc)}") from exc
         for position, index, _ in done:
             if not (0 <= position < len(items) and 0 <= index < self.group_size):
                 raise RemoteCallError(f"{p.actor_name}: generate_stream() yielded sample ({position}, {index}) "
@@ -291,8 +292,8 @@ class StepStream:
         """The actor died (Ray may be restarting it): the call's work is lost, redo it."""
         if p.kind == "score" and isinstance(exc, ray.exceptions.ActorDiedError):
             self.dead_teachers.add(p.index)
-        if not self._reissue(p, f"{call}() failed, the actor died ({_first_line(exc)})"):
-            raise RemoteCallError(f"{p.actor_name}: {call}() failed: {exc}") from exc
+        if not self._reissue(p, f"{call}() failed, the actor died ({first_line(exc)})"):
+            raise RemoteCallError(f"{p.actor_name}: {call}() failed: {first_line(exc)}") from exc
 
     def _accept_version(self, p: _Pending, results: list[list[Any]]) -> bool:
         """False (and the call re-issued) if the rollouts come from a restarted worker."""
@@ -388,7 +389,7 @@ class StepStream:
             try:
                 version = self.recover_worker(p.index)
             except Exception as exc:  # noqa: BLE001 - named and re-raised
-                raise RemoteCallError(f"{p.actor_name}: {reason}, and it could not be brought back: {exc}") from exc
+                raise RemoteCallError(f"{p.actor_name}: {reason}, and it could not be brought back: {first_line(exc)}") from exc
             self._submit_generate(p.index, items, reqs, attempt=p.attempt + 1, version=version)
         else:
             samples, reqs = p.payload
@@ -406,11 +407,6 @@ def _foreign_version(results: list[list[Any]], expected: int) -> int | None:
             if r.policy_version != expected:
                 return int(r.policy_version)
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _request_seed(seed: int, group_index: int) -> int:

@@ -38,6 +38,7 @@ from scope_ray.controller.evaluation_loop import evaluate_with_workers
 from scope_ray.controller.groups import WeightedBatch, batch_metrics, weigh_groups
 from scope_ray.controller.run_logger import RunLogger
 from scope_ray.controller.stream import PromptItem, RemoteCallError, StepStream, Verifier
+from scope_ray.errors import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +179,10 @@ class Trainer:
                 raise RemoteCallError(f"rollout worker {i}: update_weights() did not return within {timeout:.0f} s") from exc
             except ray.exceptions.RayActorError as exc:
                 # Died while loading: Ray restarts it from the initial model; catch it up.
-                logger.warning("rollout worker %d died during update_weights(): %s", i, _first_line(exc))
+                logger.warning("rollout worker %d died during update_weights(): %s", i, first_line(exc))
                 self.recover_rollout_worker(i)
             except Exception as exc:  # noqa: BLE001 - named and re-raised
-                raise RemoteCallError(f"rollout worker {i}: update_weights() failed: {exc}") from exc
+                raise RemoteCallError(f"rollout worker {i}: update_weights() failed: {first_line(exc)}") from exc
 
     def recover_rollout_worker(self, i: int) -> int:
         """Wait for rollout worker ``i`` to be up (Ray restarts a dead one), give it the
@@ -204,7 +205,7 @@ class Trainer:
         try:
             ray.get(w.update_weights.remote(self._latest_blobs, self._latest_version), timeout=t.sync_timeout_s)
         except Exception as exc:  # noqa: BLE001 - named and re-raised
-            raise RemoteCallError(f"rollout worker {i}: update_weights() after a restart failed: {exc}") from exc
+            raise RemoteCallError(f"rollout worker {i}: update_weights() after a restart failed: {first_line(exc)}") from exc
         self.rollout_recoveries += 1
         logger.warning("rollout worker %d restarted; gave it the current weights (policy version %d) after %.1f s",
                        i, self._latest_version, time.perf_counter() - t0)
@@ -226,7 +227,7 @@ class Trainer:
                     raise RemoteCallError(f"rollout worker {i}: not back within {limit:.0f} s") from exc
                 time.sleep(0.5)
             except ray.exceptions.RayActorError as exc:
-                raise RemoteCallError(f"rollout worker {i}: dead and not restarted ({_first_line(exc)})") from exc
+                raise RemoteCallError(f"rollout worker {i}: dead and not restarted ({first_line(exc)})") from exc
 
     def evaluate(self) -> dict[str, float]:
         t = self.cfg.trainer
@@ -319,6 +320,12 @@ class Trainer:
         self.sync_weights()
         logger.info("resumed from %s at step %d", ref.path, self.step)
 
+    def _where_to_continue(self) -> str:
+        last = ckpt.latest_valid(self.run_dir, set_aside=False)
+        if last is None:
+            return "no checkpoint written yet"
+        return f"last checkpoint: {last.path}; continue with: scope-ray train --resume {self.run_dir}"
+
     def _on_learner_failure(self, exc: Exception) -> None:
         """Stop with a message naming the failure and the last checkpoint, or (policy
         ``restore``) replace the learner group and continue from that checkpoint."""
@@ -370,6 +377,11 @@ class Trainer:
             try:
                 self._loop(summary, progress)
                 break
+            except RemoteCallError as exc:
+                # A rollout worker or teacher call that failed for good (past its
+                # restarts, or hung past its timeout): one line naming it and the
+                # checkpoint to continue from; the full remote error stays chained.
+                raise TrainingStopped(f"step {self.step + 1}: {exc}. Stopped; {self._where_to_continue()}") from exc
             except Exception as exc:
                 if not _is_learner_failure(exc):
                     raise
@@ -450,11 +462,6 @@ def _first_eval(rows: list[dict[str, Any]], k: int) -> dict[str, float]:
         if f"eval/avg@{k}" in row:
             return {key: v for key, v in row.items() if key.startswith("eval/")}
     return {}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _is_number(v: Any) -> bool:
