@@ -15,6 +15,9 @@ def first_line(exc: BaseException) -> str:
     Ray's header naming the actor), else the exception's own first line."""
     ray = sys.modules.get("ray")
     prefix = ""
+    if (ray is not None and isinstance(exc, ray.exceptions.RayActorError) and exc.args
+            and isinstance(exc.args[0], ray.exceptions.RayTaskError)):
+        exc = exc.args[0]  # an actor whose __init__ raised: the error it raised
     if ray is not None and isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
         exc = exc.cause
         prefix = f"{type(exc).__name__}: "

@@ -53,7 +53,10 @@ def setup_driver_logging(verbose: bool) -> None:
     _verbose = verbose
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for old in [h for h in root.handlers if getattr(h, "scope_ray_terminal", False)]:
+        root.removeHandler(old)  # main() called again in one process (tests)
     terminal = logging.StreamHandler(sys.stderr)
+    terminal.scope_ray_terminal = True  # type: ignore[attr-defined]
     terminal.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
     if not verbose:
         terminal.addFilter(ProjectLinesOnly())

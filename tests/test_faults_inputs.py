@@ -69,6 +69,31 @@ def test_tokenizer_mismatch_is_one_line_before_ray_starts(tiny_bootstrap, tmp_pa
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("backend, response_tokens, role", [
+    ("hf", 512 - 128 + 1, "student"),  # one token over the tiny models' 512 positions
+    ("vllm", 512 - 128, "teacher"),  # exactly 512: the vLLM teacher needs 513
+])
+def test_a_rollout_longer_than_the_context_is_one_line_before_ray_starts(
+        backend, response_tokens, role, tiny_bootstrap, tmp_path, capsys, monkeypatch) -> None:
+    from scope_ray.log_routing import PROCESS_LOG_ENV
+
+    from scope_ray.controller import cluster
+
+    monkeypatch.setenv(PROCESS_LOG_ENV, "")  # main() points it at the run's train.log
+    connected = []
+    monkeypatch.setattr(cluster, "connect", lambda *a, **k: connected.append(a))
+    args = [*_args(tiny_bootstrap, tiny_bootstrap.student_dir, tiny_bootstrap.teacher_dir, tmp_path / "run"),
+            "model.max_prompt_tokens=128", f"model.max_response_tokens={response_tokens}",
+            f"teacher.backend={backend}"]
+    rc = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("scope-ray: config error: model.max_response_tokens: max_prompt_tokens + "
+                              f"max_response_tokens = {128 + response_tokens} does not fit the {role}'s context "
+                              "of 512 tokens")
+    assert not connected  # refused before Ray
+
+
 def test_a_stopped_run_is_one_line_and_exit_3(tiny_bootstrap, tmp_path, capsys, monkeypatch) -> None:
     """The CLI's side of a deliberate stop (learner failure, non-finite steps): the
     stops themselves are run for real in tests/test_faults_stop.py."""
@@ -82,6 +107,9 @@ def test_a_stopped_run_is_one_line_and_exit_3(tiny_bootstrap, tmp_path, capsys, 
                               "last checkpoint: /x/step_000001")
 
     monkeypatch.setattr(launch, "run_training", stopped)
+    from scope_ray.log_routing import PROCESS_LOG_ENV
+
+    monkeypatch.setenv(PROCESS_LOG_ENV, "")  # main() points it at the run's train.log
     root = logging.getLogger()
     before = list(root.handlers)
     try:

@@ -16,7 +16,7 @@ from typing import Any
 from scope_ray import log_routing
 from scope_ray.config import RayConfig, RunConfig
 from scope_ray.errors import first_line
-from scope_ray.controller.trainer import Components
+from scope_ray.controller.trainer import Components, TrainingStopped
 from scope_ray.engines.vllm_engine import EngineOptions
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
             try:
                 ray.get(h.ready.remote(), timeout=cfg.trainer.generate_timeout_s)
             except Exception as exc:  # noqa: BLE001 - named and re-raised
-                raise RuntimeError(f"{name} {i} failed to start: {first_line(exc)}") from exc
+                raise TrainingStopped(f"{name} {i} failed to start: {first_line(exc)}") from exc
     # Warm the verifier's worker pool now rather than inside the first step.
     get_default_pool()
 

@@ -84,15 +84,43 @@ def is_local(cfg: RunConfig) -> bool:
     return not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
 
 
-def check_models(inputs: ResolvedInputs) -> None:
+def check_models(inputs: ResolvedInputs, cfg: RunConfig | None = None) -> None:
     """Student and teacher must share a tokenizer (the teacher scores the student's token
-    ids). Checked before Ray or any actor starts; a mismatch is a one-line ConfigError."""
+    ids), and hold a full rollout in their context. Checked before Ray or any actor
+    starts; a problem is a one-line ConfigError."""
     from scope_ray.data import check_same_tokenizer
 
     try:
         check_same_tokenizer(inputs.student_dir, inputs.teacher_dir)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"model.teacher: {' '.join(str(exc).split())}") from None
+    if cfg is None:
+        return
+    m = cfg.model
+    longest = m.max_prompt_tokens + m.max_response_tokens
+    # The vLLM teacher's engine needs one position more (actors/teacher.py).
+    teacher_needs = longest + (1 if cfg.teacher.backend == "vllm" else 0)
+    for role, model_dir, need in (("student", inputs.student_dir, longest), ("teacher", inputs.teacher_dir, teacher_needs)):
+        context = model_context_length(model_dir)
+        if context is not None and need > context:
+            raise ConfigError(
+                f"model.max_response_tokens: max_prompt_tokens + max_response_tokens = {longest} does not fit the "
+                f"{role}'s context of {context} tokens (max_position_embeddings in {model_dir}/config.json)"
+                + ("; the vllm teacher backend needs one token more" if need > longest else ""))
+
+
+def model_context_length(model_dir: str) -> int | None:
+    """``max_position_embeddings`` of an HF model dir (its text config for wrapped
+    models), or None when it does not say."""
+    import json
+
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    cfg = cfg.get("text_config") or cfg
+    value = cfg.get("max_position_embeddings")
+    return int(value) if isinstance(value, (int, float)) else None
 
 
 def start_components(cfg: RunConfig) -> Components:
@@ -103,7 +131,7 @@ def start_components(cfg: RunConfig) -> Components:
     from scope_ray.data import PromptSampler
 
     inputs = resolve_inputs(cfg)
-    check_models(inputs)
+    check_models(inputs, cfg)
     tokenizer = AutoTokenizer.from_pretrained(inputs.student_dir)
     train_items, eval_items = load_prompt_items(cfg, inputs, tokenizer)
     logger.info("data: %d training prompts, %d held-out prompts", len(train_items), len(eval_items))
