@@ -45,8 +45,14 @@ def _diff(a: RunConfig, b: RunConfig) -> set[str]:
 
 
 def _gpus(cfg: RunConfig) -> float:
+    """GPUs the actors ask for. The scoring server is started for a teacher, and for a
+    reference policy when the KL term is on (GRPO with kl_beta > 0), as cluster.build does."""
+    from scope_ray.algo import get_algorithm
+
     r, t, lr = cfg.rollout, cfg.teacher, cfg.learner
-    teacher = t.num_replicas * t.num_gpus if cfg.algorithm.name != "grpo" else 0
+    spec = get_algorithm(cfg.algorithm.name)
+    scorer = spec.needs_teacher or (spec.needs_reference and cfg.algorithm.kl_beta > 0)
+    teacher = t.num_replicas * t.num_gpus if scorer else 0
     return r.num_workers * r.num_gpus * r.tensor_parallel_size + teacher + lr.num_workers * lr.num_gpus
 
 
@@ -107,16 +113,17 @@ def test_opd_differs_from_scope_only_in_algorithm_and_group_size(pair: str) -> N
 
 
 @pytest.mark.parametrize("pair", PAIRS)
-def test_grpo_differs_from_scope_only_in_algorithm_and_freed_teacher_gpu(pair: str) -> None:
+def test_grpo_differs_from_scope_only_in_algorithm_and_reference_backend(pair: str) -> None:
     scope, grpo = _load(f"{pair}-scope.yaml"), _load(f"{pair}-grpo.yaml")
     # teacher.backend: the reference is scored tempered, which only the "hf" backend does.
     assert _diff(scope, grpo) <= {"algorithm.name", "algorithm.clip_eps", "algorithm.kl_beta",
-                                  "rollout.num_workers", "trainer.name", "teacher.backend"}
+                                  "trainer.name", "teacher.backend"}
     assert grpo.teacher.backend == "hf"
     assert grpo.algorithm.name == "grpo"
     assert (grpo.algorithm.clip_eps, grpo.algorithm.kl_beta) == (0.2, 1e-4)
     assert grpo.rollout.group_size == 8
-    # The teacher's GPU is reused, not lost: same GPU count as SCOPE.
+    # The KL reference takes the teacher's GPU: the recipe fits the 8-GPU node (5 rollout
+    # workers + reference + 3 learners asked for 9 and never scheduled).
     assert _gpus(grpo) == _gpus(scope) == 8
 
 
