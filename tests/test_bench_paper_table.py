@@ -161,7 +161,6 @@ def test_sweep_arms_and_default_steps(tmp_path: Path) -> None:
 
 
 def test_curves_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     summaries = pt.summarize(_runs(tmp_path, "scope", [0.2, 0.3]), pt.MAIN_ARMS)
     out = pt.plot_curves(summaries, tmp_path / "c.png")
     assert out is not None and out.stat().st_size > 1000

@@ -1,10 +1,12 @@
 """scope_ray/controller/groups.py: routing, teacher requests, group weights, step metrics."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from scope_ray.algo import get_algorithm, scope_weights
+from scope_ray.algo import get_algorithm
 from scope_ray.controller.groups import attach_teacher, batch_metrics, teacher_requests, weigh_groups
 from scope_ray.types import Rollout, RolloutGroup
 
@@ -60,8 +62,19 @@ def test_weigh_groups_matches_scope_weights_on_flat_tensors():
         float(np.mean(t, dtype=np.float64)) if t is not None else float("nan")
         for g in groups for t in g.teacher_logp
     ])
-    expected = scope_weights(wb.correct, ell_s, ell_t, wb.group_index)
-    assert torch.allclose(wb.weights, expected)
+    # Eq. 4-5 by hand, per prompt and branch: softmax(-ell_S) over the correct
+    # rollouts, softmax(ell_T) over the incorrect ones.
+    expected = []
+    for gi in range(2):
+        rows = range(4 * gi, 4 * gi + 4)
+        right = [i for i in rows if wb.correct[i]]
+        wrong = [i for i in rows if not wb.correct[i]]
+        z_right = sum(math.exp(-float(ell_s[j])) for j in right)
+        z_wrong = sum(math.exp(float(ell_t[j])) for j in wrong)
+        expected += [math.exp(-float(ell_s[i])) / z_right if wb.correct[i] else math.exp(float(ell_t[i])) / z_wrong
+                     for i in rows]
+    assert wb.weights.tolist() == pytest.approx(expected, abs=1e-6)
+    assert wb.weights.tolist() != pytest.approx([0.5, 0.5, 0.5, 0.5, 1 / 3, 1 / 3, 1 / 3, 1.0], abs=1e-3)
     assert wb.group_index.tolist() == [10] * 4 + [11] * 4
     assert float(wb.weights[[0, 2]].sum()) == pytest.approx(1.0)
 

@@ -24,7 +24,8 @@ def test_pass_at_k_equals_subset_enumeration(n):
 
 def test_pass_at_k_large_n_is_stable():
     assert pass_at_k(1000, 1, 32) == pytest.approx(32 / 1000)
-    assert 0.0 <= pass_at_k(10_000, 3, 100) <= 1.0
+    # 1 - C(n-c, k) / C(n, k) = 1 - prod_{i<c} (n-k-i) / (n-i)
+    assert pass_at_k(10_000, 3, 100) == pytest.approx(1 - (9900 * 9899 * 9898) / (10_000 * 9999 * 9998), rel=1e-12)
 
 
 def test_avg_and_mean_pass():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -64,9 +63,7 @@ def test_limits_are_configurable() -> None:
     assert refusal_reason("((1))", max_nesting=2) is None
 
 
-def test_worst_case_answer_is_fast() -> None:
-    # Many exponents, each scanned once: linear, not quadratic.
-    answer = "x^{2}" * 200
-    start = time.perf_counter()
-    assert refusal_reason(answer) is None
-    assert time.perf_counter() - start < 0.1
+def test_many_exponents_are_accepted() -> None:
+    # 200 exponents in one answer: within the limits (each is scanned once; the cost is
+    # a benchmark's business, not a timed test's).
+    assert refusal_reason("x^{2}" * 200) is None

@@ -150,12 +150,7 @@ def batch_metrics(spec: AlgorithmSpec, wb: WeightedBatch, learner_version: int) 
                 if k != "size":
                     out[f"weights/{name}_{k}"] = v
         # Sampled reverse KL on scored rollouts: mean over tokens of log pi_S - log pi_T.
-        diffs = [
-            r.response_logp.astype(np.float64) - t.astype(np.float64)
-            for g in groups
-            for r, t in zip(g.rollouts, g.teacher_logp or [])
-            if t is not None
-        ]
+        diffs = _scored_log_ratios(groups)
         if diffs:
             out["teacher/reverse_kl"] = float(np.concatenate(diffs).mean())
             out["teacher/scored_rollouts"] = float(len(diffs))
@@ -163,4 +158,23 @@ def batch_metrics(spec: AlgorithmSpec, wb: WeightedBatch, learner_version: int) 
         else:
             out["teacher/scored_rollouts"] = 0.0
             out["teacher/scored_tokens"] = 0.0
+    elif spec.needs_reference:
+        # GRPO's KL term to the reference (the frozen initial policy), with the loss's own
+        # per-token estimator exp(d) - d - 1, d = log pi_ref - log pi_old (>= 0 per
+        # token, 0 where the policies agree), on the rollout policy's tokens.
+        diffs = _scored_log_ratios(groups)
+        if diffs:
+            d = -np.concatenate(diffs)
+            out["reference/kl"] = float((np.exp(d) - d - 1.0).mean())
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _scored_log_ratios(groups: Sequence[RolloutGroup]) -> list[np.ndarray]:
+    """Per scored rollout, log pi_old - log pi_scorer of each response token (the
+    scorer being the teacher, or GRPO's reference policy)."""
+    return [
+        r.response_logp.astype(np.float64) - t.astype(np.float64)
+        for g in groups
+        for r, t in zip(g.rollouts, g.teacher_logp or [])
+        if t is not None
+    ]
