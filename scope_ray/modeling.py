@@ -4,32 +4,71 @@ Alignment used everywhere in scope-ray: ``logp[i, p]`` is log pi(ids[i, p] | ids
 so position 0 has no value (0.0) and a response token keeps its own position. The
 learner and the torch teacher backend both call :func:`token_logprobs`, which is why
 the teacher server's scores match an unbatched forward pass exactly.
+
+Memory: the output head's logits are never materialised for the whole batch. The body
+runs once, then the head and the log-softmax run over chunks of at most
+``LOGIT_CHUNK_ELEMENTS`` logits (token positions x vocabulary), each chunk under
+activation checkpointing, so backward recomputes a chunk's logits instead of keeping
+them. At the Qwen vocabulary (151,936) a [B, L, V] fp32 logits tensor with its float
+and tempered copies and their gradients grew peak memory by 8.5 GB at 2 x 2048 tokens;
+``bench/logprob_memory.py`` measures both paths side by side. Under ZeRO-3 (the head's
+weight is partitioned and only gathered inside the model's own forward) the model is
+called whole, as before.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# 2^26 logits = 256 MiB in fp32 per chunk (441 positions at the Qwen vocabulary).
+LOGIT_CHUNK_ELEMENTS = 1 << 26
 
 
 def gather_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
                           temperature: float = 1.0) -> torch.Tensor:
     """[B, L, V] logits (position p predicts p+1) -> [B, L] log-probs of ``input_ids``
     under ``softmax(logits / temperature)``."""
+    _check_temperature(temperature)
+    shifted = logits[:, :-1, :]
+    target = input_ids[:, 1:]
+    logp = _target_logprobs(shifted.reshape(-1, shifted.shape[-1]), target.reshape(-1), temperature)
+    return F.pad(logp.view(target.shape), (1, 0), value=0.0)
+
+
+def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    shifted = logits[:, :-1, :].float()
+
+
+def _target_logprobs(logits: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[N, V] logits, [N] targets -> [N] float32 log-probs of the targets."""
+    logits = logits.float()
     if temperature != 1.0:
-        shifted = shifted / temperature
-    target = input_ids[:, 1:]
-    picked = shifted.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        logits = logits / temperature
+    picked = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     # log_softmax without materialising it: logit - logsumexp over the vocabulary.
-    logp = picked - torch.logsumexp(shifted, dim=-1)
-    return torch.nn.functional.pad(logp, (1, 0), value=0.0)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def _head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   target: torch.Tensor, temperature: float) -> torch.Tensor:
+    return _target_logprobs(F.linear(hidden, weight, bias), target, temperature)
+
+
+def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+
+
+def _partitioned(param: torch.Tensor) -> bool:
+    return hasattr(param, "ds_id")  # a ZeRO-3 parameter: empty outside its module's forward
 
 
 def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
-    """Right-padded batch -> [B, L] float32 token log-probs (see module docstring).
+                   temperature: float = 1.0, chunk_elements: int = LOGIT_CHUNK_ELEMENTS) -> torch.Tensor:
+    """Right-padded batch -> [B, L] float32 token log-probs (see module docstring); 0 at
+    position 0 and wherever ``attention_mask`` is 0.
 
     ``temperature`` != 1 gives the log-probs of the *tempered* policy: the one a sampler
     at that temperature actually draws from. The learner scores rollouts this way (as
@@ -37,5 +76,25 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     are the sampling distribution itself; measured on the embedded task, training the
     raw policy on samples drawn at T=0.6 drifts and collapses within ~40 steps.
     """
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return gather_token_logprobs(out.logits, input_ids, temperature)
+    _check_temperature(temperature)
+    hf = _hf_model(model)
+    head = hf.get_output_embeddings()
+    if head is None or hf.base_model is hf or _partitioned(head.weight):
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        logp = gather_token_logprobs(out.logits, input_ids, temperature)
+        return torch.where(attention_mask.bool(), logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+    hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    valid = attention_mask[:, 1:].bool()
+    rows = hidden[:, :-1][valid]  # [N, H]: the positions whose next token is real
+    target = input_ids[:, 1:][valid]
+    step = max(1, chunk_elements // head.weight.shape[0])
+    pieces = []
+    for start in range(0, rows.shape[0], step):
+        args = (rows[start:start + step], head.weight, head.bias, target[start:start + step], temperature)
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(_head_logprobs, *args, use_reentrant=False))
+        else:
+            pieces.append(_head_logprobs(*args))
+    flat = torch.cat(pieces) if pieces else rows.new_zeros(0, dtype=torch.float32)
+    logp = torch.zeros(valid.shape, dtype=torch.float32, device=hidden.device).masked_scatter(valid, flat)
+    return F.pad(logp, (1, 0), value=0.0)

@@ -27,3 +27,64 @@ def test_temperature_must_be_positive() -> None:
     logits, ids = _case()
     with pytest.raises(ValueError, match="temperature"):
         gather_token_logprobs(logits, ids, temperature=0.0)
+
+
+def _model_and_batch():
+    from scope_ray.bootstrap.models import TinyModelSpec, init_model
+
+    model = init_model(TinyModelSpec(), seed=0).eval()
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(5, 250, (3, 23), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0  # right padding
+    mask[2, 9:] = 0
+    return model, ids, mask
+
+
+def _full_logits_reference(model, ids, mask, temperature):
+    """The [B, L, V] path the chunked one replaces: the model's own logits."""
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    return torch.where(mask.bool(), gather_token_logprobs(logits, ids, temperature), torch.zeros(()))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_chunked_head_gives_the_full_logits_values_and_gradients(temperature: float) -> None:
+    """Chunks of 5 positions (so a batch spans many chunks, one partly filled) under
+    activation checkpointing: same log-probs and same parameter gradients."""
+    from scope_ray.modeling import token_logprobs
+
+    model, ids, mask = _model_and_batch()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    weights = torch.randn(ids.shape, generator=torch.Generator().manual_seed(3))
+
+    def grads(fn):
+        model.zero_grad()
+        logp = fn()
+        (logp * weights).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    want, want_g = grads(lambda: _full_logits_reference(model, ids, mask, temperature))
+    got, got_g = grads(lambda: token_logprobs(model, ids, mask, temperature, chunk_elements=5 * vocab))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (got[1, 17:] == 0).all() and (got[:, 0] == 0).all()
+    for name in want_g:
+        torch.testing.assert_close(got_g[name], want_g[name], atol=1e-5, rtol=1e-4, msg=name)
+    with torch.no_grad():  # the inference path (teacher, compute_logprobs) too
+        torch.testing.assert_close(token_logprobs(model, ids, mask, temperature, chunk_elements=5 * vocab), want,
+                                   atol=1e-5, rtol=0)
+
+
+def test_a_partitioned_head_runs_the_model_whole() -> None:
+    """Under ZeRO-3 the head's weight is only gathered inside the model's forward: the
+    chunked path is skipped (a ZeRO-3 parameter carries ``ds_id``)."""
+    from scope_ray.modeling import token_logprobs
+
+    model, ids, mask = _model_and_batch()
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append("whole"))
+    with torch.no_grad():
+        token_logprobs(model, ids, mask)
+        assert calls == []  # chunked: the body and the head, never the model's forward
+        model.get_output_embeddings().weight.ds_id = 7
+        torch.testing.assert_close(token_logprobs(model, ids, mask), _full_logits_reference(model, ids, mask, 1.0))
+        assert calls == ["whole", "whole"]
