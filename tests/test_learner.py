@@ -276,6 +276,22 @@ def test_non_finite_loss_skips_the_step(single, batch, initial_weights) -> None:
     assert not m["skipped"] and _max_diff(group.export_weights(), initial_weights) > 1e-4
 
 
+def test_non_finite_loss_on_one_rank_skips_the_step_on_every_rank(dp_group, batch, reference_update) -> None:
+    """Only prompt 0's rollouts (one rank's shard) are non-finite. Every rank must skip:
+    afterwards one good step gives exactly the single worker's first update, which it
+    could not if any rank had applied its part or advanced its optimizer state."""
+    group, ckpt = dp_group
+    _reset(group, ckpt)
+    bad = batch.select(torch.arange(batch.num_rows))
+    poisoned = (bad.group_index == 0)[:, None] & bad.response_mask.bool()
+    bad.old_logp = torch.where(poisoned, torch.full_like(bad.old_logp, -1e30), bad.old_logp)
+    assert group.train_step(bad, micro_batch_tokens=BUDGET)["skipped"]
+    m = group.train_step(batch, micro_batch_tokens=BUDGET)
+    assert not m["skipped"]
+    want, _ = reference_update
+    assert _max_diff(group.export_weights(), want) < ATOL
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gradient_checkpointing_and_bf16(dtype, ray_session, tiny_model_dir, batch, reference_update) -> None:
     """ZeRO-2 + gradient checkpointing: the same update in fp32; bf16 trains close to it."""
