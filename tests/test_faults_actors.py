@@ -108,3 +108,24 @@ def test_teacher_replicas_killed_while_scoring(ray_session, tiny_bootstrap, base
     # Same scores, same losses as the fault-free run (one replica: batching differs, so
     # floats are compared to 1e-5 relative).
     assert_same_steps(train_rows(tmp_path), train_rows(baseline))
+
+
+def test_rollout_worker_past_its_restarts_stops_the_run_naming_it(ray_session, tiny_bootstrap, tmp_path) -> None:
+    """actor_max_restarts=0: a rollout worker killed after step 1 is dead for good. The
+    run stops at step 2 in one line naming the worker, the call and the checkpoint of
+    step 1 to continue from; that checkpoint is intact."""
+    from scope_ray.controller import checkpoint as ckpt
+    from scope_ray.controller.trainer import TrainingStopped
+
+    def kill_after_step_one(trainer: Any, step: int, metrics: dict) -> None:
+        if step == 1:
+            ray.kill(trainer.parts.rollout_workers[0], no_restart=False)
+
+    cfg = fault_cfg(tiny_bootstrap, tmp_path, steps=3, extra=["trainer.actor_max_restarts=0"])
+    with pytest.raises(TrainingStopped) as info:
+        run_trainer(cfg, tmp_path, kill_after_step_one)
+    text = str(info.value)
+    first = ckpt.checkpoints_dir(tmp_path) / "step_000001"
+    assert "\n" not in text and text.startswith("step 2: rollout worker 0: generate")
+    assert f"last checkpoint: {first}; continue with: scope-ray train --resume {tmp_path}" in text
+    assert ckpt.latest_valid(tmp_path).step == 1
