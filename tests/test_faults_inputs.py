@@ -124,3 +124,4 @@ def test_a_stopped_run_is_one_line_and_exit_3(tiny_bootstrap, tmp_path, capsys, 
                        "Stopped; last checkpoint: /x/step_000001")
     assert "Traceback" not in "\n".join(err)
     assert "training stopped" in (tmp_path / "run" / "train.log").read_text()
+

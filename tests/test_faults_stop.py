@@ -84,6 +84,18 @@ def test_a_failed_rollout_call_stops_the_run_in_one_line(parts, tiny_bootstrap, 
     assert isinstance(info.value.__cause__, RemoteCallError)
 
 
+def test_a_hung_worker_before_the_first_step_stops_the_run_in_one_line(parts, tiny_bootstrap, tmp_path) -> None:
+    """The start evaluation (before step 1) waits on a hung rollout worker: the same
+    one-line stop as inside the loop, never a bare RemoteCallError traceback."""
+    trainer = _trainer(tiny_bootstrap, parts, tmp_path, extra=("trainer.save_every=0", "trainer.eval_at_end=true"),
+                       generate_timeout_s=2.0)
+    sleep = _sleep_in(parts.rollout_workers[0], 6.0)
+    with pytest.raises(TrainingStopped) as info:
+        trainer.run()
+    ray.get(sleep)
+    assert str(info.value) == "before step 1: rollout worker 0: not back within 2 s. Stopped; no checkpoint written yet"
+
+
 def test_hung_score(parts, tiny_bootstrap, tmp_path, monkeypatch) -> None:
     trainer = _trainer(tiny_bootstrap, parts, tmp_path, score_timeout_s=2.0)
     sleeps: list[tuple[float, ray.ObjectRef]] = []

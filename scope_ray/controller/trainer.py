@@ -367,12 +367,19 @@ class Trainer:
         t = self.cfg.trainer
         started = time.perf_counter()
         summary = RunSummary(self.run_dir, 0)
-        if self.resume_from is not None:
-            self._restore(self.resume_from)
-            summary.start_eval = _first_eval(self.log.read(), t.eval_k)
-        elif t.eval_every > 0 or t.eval_at_end:
-            summary.start_eval = self.evaluate()
-            self.log.log(0, summary.start_eval)
+        try:
+            if self.resume_from is not None:
+                self._restore(self.resume_from)
+                summary.start_eval = _first_eval(self.log.read(), t.eval_k)
+            elif t.eval_every > 0 or t.eval_at_end:
+                summary.start_eval = self.evaluate()
+                self.log.log(0, summary.start_eval)
+        except RemoteCallError as exc:
+            raise TrainingStopped(f"before step {self.step + 1}: {exc}. Stopped; {self._where_to_continue()}") from exc
+        except Exception as exc:
+            if not _is_learner_failure(exc):
+                raise
+            raise TrainingStopped(f"before step {self.step + 1}: {exc}. Stopped; {self._where_to_continue()}") from exc
         while True:
             try:
                 self._loop(summary, progress)
