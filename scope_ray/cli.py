@@ -11,6 +11,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="recipe YAML (launch/configs/*.yaml)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last valid checkpoint")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-5 trainer.total_steps=50")
+    # Also after the subcommand, so `bash launch/train.sh -v ...` works; SUPPRESS keeps
+    # the subparser from resetting a -v given before it.
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show every library's output on the terminal (default: in train.log only)")
 
 
 def main(argv: list[str] | None = None) -> int:
