@@ -35,7 +35,7 @@ def connect(rc: RayConfig, cfg: RunConfig | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = rc.address or os.environ.get("RAY_ADDRESS", "")
+    address = ray_address(rc)
     if address:
         logger.info("joining Ray cluster at %s", address)
         ray.init(address=address)
@@ -59,6 +59,11 @@ def connect(rc: RayConfig, cfg: RunConfig | None = None) -> None:
              log_to_driver=not routed, configure_logging=not routed)
     logger.info("started local Ray with %d logical CPUs (token auth: %s)", num_cpus,
                 os.environ.get("RAY_AUTH_MODE", "token"))
+
+
+def ray_address(rc: RayConfig) -> str:
+    """The cluster to join: ``ray.address``, else ``$RAY_ADDRESS``; "" = start a local Ray."""
+    return rc.address or os.environ.get("RAY_ADDRESS", "")
 
 
 def bind_local_ray_to_loopback() -> None:

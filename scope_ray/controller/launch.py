@@ -79,9 +79,9 @@ def make_run_dir(cfg: RunConfig) -> Path:
 
 def is_local(cfg: RunConfig) -> bool:
     """True when this driver will start its own Ray (no ray.address, no $RAY_ADDRESS)."""
-    import os
+    from scope_ray.controller.cluster import ray_address
 
-    return not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    return not ray_address(cfg.ray)
 
 
 def check_models(inputs: ResolvedInputs, cfg: RunConfig | None = None) -> None:
@@ -112,14 +112,12 @@ def check_models(inputs: ResolvedInputs, cfg: RunConfig | None = None) -> None:
 def model_context_length(model_dir: str) -> int | None:
     """``max_position_embeddings`` of an HF model dir (its text config for wrapped
     models), or None when it does not say."""
-    import json
+    from scope_ray.engines.vllm_engine import text_config
 
     try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        value = text_config(model_dir).get("max_position_embeddings")
     except (OSError, ValueError):
         return None
-    cfg = cfg.get("text_config") or cfg
-    value = cfg.get("max_position_embeddings")
     return int(value) if isinstance(value, (int, float)) else None
 
 

@@ -320,11 +320,13 @@ class Trainer:
         self.sync_weights()
         logger.info("resumed from %s at step %d", ref.path, self.step)
 
-    def _where_to_continue(self) -> str:
+    def _stopped(self, when: str, exc: Exception) -> TrainingStopped:
+        """One line naming when, the actor and call (``exc``'s message) and the checkpoint
+        to continue from; the caller chains ``exc``, whose full text goes to train.log."""
         last = ckpt.latest_valid(self.run_dir, set_aside=False)
-        if last is None:
-            return "no checkpoint written yet"
-        return f"last checkpoint: {last.path}; continue with: scope-ray train --resume {self.run_dir}"
+        where = ("no checkpoint written yet" if last is None
+                 else f"last checkpoint: {last.path}; continue with: scope-ray train --resume {self.run_dir}")
+        return TrainingStopped(f"{when}: {exc}. Stopped; {where}")
 
     def _on_learner_failure(self, exc: Exception) -> None:
         """Stop with a message naming the failure and the last checkpoint, or (policy
@@ -374,21 +376,18 @@ class Trainer:
             elif t.eval_every > 0 or t.eval_at_end:
                 summary.start_eval = self.evaluate()
                 self.log.log(0, summary.start_eval)
-        except RemoteCallError as exc:
-            raise TrainingStopped(f"before step {self.step + 1}: {exc}. Stopped; {self._where_to_continue()}") from exc
         except Exception as exc:
-            if not _is_learner_failure(exc):
+            if not (isinstance(exc, RemoteCallError) or _is_learner_failure(exc)):
                 raise
-            raise TrainingStopped(f"before step {self.step + 1}: {exc}. Stopped; {self._where_to_continue()}") from exc
+            raise self._stopped(f"before step {self.step + 1}", exc) from exc
         while True:
             try:
                 self._loop(summary, progress)
                 break
             except RemoteCallError as exc:
                 # A rollout worker or teacher call that failed for good (past its
-                # restarts, or hung past its timeout): one line naming it and the
-                # checkpoint to continue from; the full remote error stays chained.
-                raise TrainingStopped(f"step {self.step + 1}: {exc}. Stopped; {self._where_to_continue()}") from exc
+                # restarts, or hung past its timeout).
+                raise self._stopped(f"step {self.step + 1}", exc) from exc
             except Exception as exc:
                 if not _is_learner_failure(exc):
                     raise

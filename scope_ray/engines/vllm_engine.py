@@ -84,14 +84,16 @@ def cuda_available() -> bool:
 # ----------------------------------------------------------------------------- CPU sizing
 
 
-def _text_config(cfg: dict) -> dict:
-    # Multimodal / wrapped configs keep the language model's shape in text_config.
+def text_config(model_dir: str | os.PathLike) -> dict:
+    """An HF model dir's ``config.json``; for multimodal / wrapped models, the language
+    model's part (``text_config``), which holds the shape and the context length."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
     return cfg.get("text_config") or cfg
 
 
 def kv_bytes_per_token(model_dir: str | os.PathLike, dtype: str = "auto") -> int:
     """K and V bytes one token takes in the cache, all layers, from ``config.json``."""
-    cfg = _text_config(json.loads((Path(model_dir) / "config.json").read_text()))
+    cfg = text_config(model_dir)
     layers = int(cfg["num_hidden_layers"])
     heads = int(cfg["num_attention_heads"])
     kv_heads = int(cfg.get("num_key_value_heads") or heads)

@@ -35,7 +35,7 @@ from scope_ray.learner import engine as eng
 from scope_ray.learner.metrics import RankStepStats
 from scope_ray.learner.options import LearnerOptions
 from scope_ray.learner.safe_load import weights_only_loads
-from scope_ray.learner.weights import export_state, save_hf_dir
+from scope_ray.learner.weights import copy_weights_into, export_state, save_hf_dir
 from scope_ray.modeling import token_logprobs
 
 logger = logging.getLogger(__name__)
@@ -217,21 +217,16 @@ class LearnerCore:
         return out
 
     def _keep_current_as_previous(self) -> None:
-        """Copy the weights the coming update replaces into a frozen module on this rank
-        (a collective gather under ZeRO-3: every rank calls it in train_step)."""
-        state = export_state(self.engine.module, self.options.zero_stage == 3, keep=True)
+        """Copy the weights the coming update replaces into a frozen module on this rank,
+        parameter by parameter on the device (gathered one at a time under ZeRO-3, a
+        collective: every rank calls it in train_step)."""
         if self._previous is None:
             from transformers import AutoModelForCausalLM
 
-            dtype = next(iter(state.values())).dtype
+            dtype = next(self.engine.module.parameters()).dtype
             self._previous = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device)
             self._previous.eval().requires_grad_(False)
-        missing, unexpected = self._previous.load_state_dict(state, strict=False)
-        # A tied output head is exported once, as the embedding (learner/weights.py).
-        tied = {"lm_head.weight"} if getattr(self._previous.config, "tie_word_embeddings", False) else set()
-        if unexpected or set(missing) - tied:
-            raise RuntimeError(f"previous-policy copy does not match the model: missing {sorted(set(missing) - tied)}, "
-                               f"unexpected {sorted(unexpected)}")
+        copy_weights_into(self.engine.module, self._previous, self.options.zero_stage == 3)
 
     # ------------------------------------------------------------------ weights
     def export_weights(self) -> dict[str, torch.Tensor] | None:

@@ -58,6 +58,24 @@ def export_state(module: torch.nn.Module, zero3: bool, keep: bool) -> dict[str, 
     return out
 
 
+@torch.no_grad()
+def copy_weights_into(module: torch.nn.Module, target: torch.nn.Module, zero3: bool) -> None:
+    """Every parameter and persistent buffer of ``module`` into the same-named one of
+    ``target`` (same architecture), in place, on the target's device: no CPU copy of
+    the model. Under ZeRO-3 every rank must call it (one parameter gathered at a time)."""
+    dst = dict(target.named_parameters())
+    src_names = [name for name, _ in module.named_parameters()]
+    if set(src_names) != set(dst):
+        raise RuntimeError(f"copy_weights_into: parameter names differ: only in the source "
+                           f"{sorted(set(src_names) - set(dst))}, only in the target {sorted(set(dst) - set(src_names))}")
+    for name, param in module.named_parameters():
+        with _gathered(param, zero3):
+            dst[name].copy_(param.detach())
+    buffers = dict(persistent_buffers(target))
+    for name, buf in persistent_buffers(module):
+        buffers[name].copy_(buf.detach())
+
+
 def copy_tokenizer_files(source_dir: str | Path, out_dir: str | Path) -> list[str]:
     """Everything in the source model dir but weights and configs (tokenizer files,
     chat template, ...). Returns the copied names."""
