@@ -245,6 +245,11 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(r.prompts_per_request >= 1, "rollout.prompts_per_request", "must be >= 1")
     _require(r.max_num_seqs >= 0, "rollout.max_num_seqs", "must be >= 0 (0 = the largest call)")
     _require(r.weight_bucket_mb >= 1, "rollout.weight_bucket_mb", "must be >= 1")
+    # Accepted until now but ignored: the trainer only has the safetensors path. Refused
+    # until the collective (broadcast) mode exists, rather than silently not used.
+    _require(r.weight_sync == "safetensors", "rollout.weight_sync",
+             f"{r.weight_sync!r} is not implemented yet (the trainer syncs weights as safetensors buckets through "
+             "the object store); use 'safetensors'")
     _require(t.num_replicas >= 1, "teacher.num_replicas", "must be >= 1")
     _require(t.max_batch_tokens >= 1, "teacher.max_batch_tokens", "must be >= 1")
     _require(t.max_wait_ms >= 0, "teacher.max_wait_ms", "must be >= 0")
