@@ -194,6 +194,42 @@ def _name(p: psutil.Process) -> str:
     return ""
 
 
+def test_sigterm_checkpoints_the_step_and_exits_3(tiny_bootstrap, tmp_path) -> None:
+    """What a preempting scheduler does (SIGTERM to the driver): the step in progress is
+    finished and checkpointed, even with ``save_every: 0``, and the CLI stops with exit
+    code 3 and one line naming the checkpoint and the resume command (a real deliberate
+    stop through the real CLI, nothing stubbed)."""
+    run_dir = tmp_path / "run"
+    overrides = [o for o in _overrides(tiny_bootstrap, run_dir) if not o.startswith(("trainer.save_every",
+                                                                                        "trainer.total_steps"))]
+    proc = subprocess.Popen(_cli(*overrides, "trainer.save_every=0", "trainer.total_steps=200"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            start_new_session=True)
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        _wait_for(metrics, proc, 600)
+        while not rows(run_dir):
+            assert proc.poll() is None, "driver exited before its first step"
+            time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err[-3000:]
+    steps = [r["step"] for r in rows(run_dir) if "learner/loss" in r]
+    last = ckpt.latest_valid(run_dir)  # digests checked
+    assert last is not None and steps == list(range(1, last.step + 1)) and last.step < 200
+    lines = err.strip().splitlines()
+    assert lines[-1] == (f"scope-ray: training stopped: SIGTERM received: stopped after step {last.step} of 200; "
+                         f"saved checkpoint: {last.path}; continue with: scope-ray train --resume {run_dir}")
+    assert "Traceback" not in err
+    # The driver shut its local Ray down on the way out.
+    left = _wait_gone(children, 30, skip=AGENTS)
+    assert not left, f"still running after the stop: {left}"
+
+
 def test_torn_metrics_line_is_skipped_on_resume(tmp_path, caplog) -> None:
     """A SIGKILL mid-write can leave half a JSON line at the end of metrics.jsonl."""
     from scope_ray.controller.run_logger import RunLogger

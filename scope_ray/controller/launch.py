@@ -145,11 +145,15 @@ def run_training(cfg: RunConfig, run_dir: Path, resume_from: ckpt.CheckpointRef 
 
     parts = start_components(cfg)
     try:
-        trainer = Trainer(cfg, run_dir, parts, resume_from)
         from scope_ray.controller.progress import ProgressDisplay
+        from scope_ray.controller.stop_signal import catch_stop_signals
 
-        with ProgressDisplay(cfg.trainer.total_steps, start=resume_from.step if resume_from else 0,
-                             eval_k=cfg.trainer.eval_k, enabled=show_progress) as progress:
+        # Installed once the actors are up: a signal during start-up just ends the process
+        # (nothing is trained yet); from here on it ends the step and checkpoints it.
+        with catch_stop_signals() as stop_request, ProgressDisplay(
+                cfg.trainer.total_steps, start=resume_from.step if resume_from else 0,
+                eval_k=cfg.trainer.eval_k, enabled=show_progress) as progress:
+            trainer = Trainer(cfg, run_dir, parts, resume_from, stop_request)
             summary = trainer.run(progress.update)
         trainer.log.plot(run_dir / "curves.png", eval_k=cfg.trainer.eval_k)
         return summary

@@ -37,6 +37,7 @@ from scope_ray.controller import checkpoint as ckpt
 from scope_ray.controller.evaluation_loop import evaluate_with_workers
 from scope_ray.controller.groups import WeightedBatch, batch_metrics, weigh_groups
 from scope_ray.controller.run_logger import RunLogger
+from scope_ray.controller.stop_signal import StopRequest
 from scope_ray.controller.stream import PromptItem, RemoteCallError, StepStream, Verifier
 from scope_ray.errors import first_line
 
@@ -100,7 +101,8 @@ def to_train_batch(wb: WeightedBatch, pad_id: int, scores_are_reference: bool = 
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, parts: Components, resume_from: ckpt.CheckpointRef | None) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: Path, parts: Components, resume_from: ckpt.CheckpointRef | None,
+                 stop_request: StopRequest | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.parts = parts
@@ -121,6 +123,8 @@ class Trainer:
         self._dead_teachers: set[int] = set()
         self.rollout_recoveries = 0  # weight re-syncs of restarted rollout workers
         self.learner_restores = 0
+        # Set by SIGTERM / SIGINT on the driver (stop_signal.py); checked after each step.
+        self.stop_request = stop_request or StopRequest()
 
     # ------------------------------------------------------------------ pieces
     def _next_items(self) -> list[PromptItem]:
@@ -364,6 +368,15 @@ class Trainer:
         hint = f"; continue with: scope-ray train --resume {self.run_dir}" if last is not None else ""
         raise TrainingStopped(f"learner failed at step {self.step + 1}: {exc}. Stopped{why}; {where}{hint}") from exc
 
+    def _stop_on_request(self, already_saved: bool, prefetched: bool) -> None:
+        """A stop signal arrived during this step: checkpoint it (even with
+        ``save_every: 0``, so nothing trained is lost) and stop with the resume command."""
+        ref = ckpt.latest_valid(self.run_dir, set_aside=False) if already_saved else self.save_checkpoint(prefetched)
+        assert ref is not None
+        raise TrainingStopped(f"{self.stop_request.signal} received: stopped after step {self.step} of "
+                              f"{self.cfg.trainer.total_steps}; saved checkpoint: {ref.path}; "
+                              f"continue with: scope-ray train --resume {self.run_dir}")
+
     # ------------------------------------------------------------------ loop
     def run(self, progress: Any = None) -> RunSummary:
         t = self.cfg.trainer
@@ -456,8 +469,11 @@ class Trainer:
                     f"stopping. Last checkpoint: {last.path if last else 'none'} "
                     "(intact: skipped steps leave the weights unchanged)"
                 )
-            if t.save_every > 0 and (self.step % t.save_every == 0 or self.step == t.total_steps):
+            saved = t.save_every > 0 and (self.step % t.save_every == 0 or self.step == t.total_steps)
+            if saved:
                 self.save_checkpoint(prefetched=next_stream is not None)
+            if self.stop_request.signal is not None and self.step < t.total_steps:
+                self._stop_on_request(already_saved=saved, prefetched=next_stream is not None)
             stream = next_stream if next_stream is not None else (
                 self._start_stream() if self.step < t.total_steps else None
             )
