@@ -184,6 +184,105 @@ def test_non_finite_steps_are_skipped_then_stop(parts, tiny_bootstrap, tmp_path,
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
+def test_hung_checkpoint_save(parts, tiny_bootstrap, tmp_path) -> None:
+    """Rank 0 hangs while the step-1 checkpoint is saved: the run stops naming the call
+    and the step it followed, and no checkpoint is left that looks complete."""
+    sleeps: list[tuple[float, ray.ObjectRef]] = []
+
+    def hang_rank0_before_the_save(trainer: Trainer, step: int, metrics: dict) -> None:
+        # Progress is reported after the step is logged and before it is checkpointed.
+        trainer.cfg.trainer = dataclasses.replace(trainer.cfg.trainer, train_timeout_s=2.0)
+        sleeps.append((time.monotonic(), _sleep_in(parts.learner.workers[0], 6.0)))
+
+    trainer = _trainer(tiny_bootstrap, parts, tmp_path, extra=("trainer.save_every=1",))
+    with pytest.raises(TrainingStopped) as info:
+        trainer.run(lambda step, m: hang_rank0_before_the_save(trainer, step, m))
+    assert sleeps and time.monotonic() - sleeps[0][0] < 5.0
+    ray.get(sleeps[0][1])
+    assert str(info.value) == ("learner failed after step 1: learner worker 0: save_checkpoint() did not return "
+                               "within 2 s. Stopped; no checkpoint written yet")
+    assert ckpt.latest_valid(tmp_path) is None
+    assert not (ckpt.checkpoints_dir(tmp_path) / "step_000001").exists()
+
+
+def test_hung_checkpoint_load(parts, tiny_bootstrap, tmp_path) -> None:
+    """``--resume`` whose load hangs on rank 0: one line naming the call, and the
+    checkpoint it tried is still the one to continue from."""
+    trainer = _trainer(tiny_bootstrap, parts, tmp_path, extra=("trainer.save_every=1",))
+    trainer.run()
+    ref = ckpt.latest_valid(tmp_path)
+    assert ref is not None and ref.step == 1
+    cfg = fault_cfg(tiny_bootstrap, tmp_path, steps=2)
+    cfg.trainer = dataclasses.replace(cfg.trainer, train_timeout_s=2.0)
+    resumed = Trainer(cfg, tmp_path, parts, ref)
+    sleep = _sleep_in(parts.learner.workers[0], 6.0)
+    t0 = time.monotonic()
+    with pytest.raises(TrainingStopped) as info:
+        resumed.run()
+    assert time.monotonic() - t0 < 5.0
+    ray.get(sleep)
+    assert str(info.value) == (f"before step 2: learner worker 0: load_checkpoint() did not return within 2 s. "
+                               f"Stopped; last checkpoint: {ref.path}; continue with: scope-ray train --resume {tmp_path}")
+    assert ckpt.latest_valid(tmp_path).path == ref.path
+
+
+def test_restore_policy_without_a_checkpoint_stops_saying_so(parts, tiny_bootstrap, tmp_path, monkeypatch) -> None:
+    """``on_learner_failure: restore`` with nothing saved yet: no restore is tried (a
+    fresh group from the initial model would silently drop the trained steps)."""
+    trainer = _trainer(tiny_bootstrap, parts, tmp_path, extra=("trainer.save_every=0",
+                                                               "trainer.on_learner_failure=restore"),
+                       train_timeout_s=2.0)
+    learner = parts.learner
+    sleeps: list[ray.ObjectRef] = []
+    original = LearnerGroup.train_step
+
+    def stall_rank0_then_train(self: LearnerGroup, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        sleeps.append(_sleep_in(self.workers[0], 5.0))
+        return original(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(LearnerGroup, "train_step", stall_rank0_then_train)
+    with pytest.raises(TrainingStopped) as info:
+        trainer.run()
+    ray.get(sleeps)
+    assert str(info.value) == ("learner failed at step 1: learner worker 0: train_step() did not return within 2 s. "
+                               "Stopped (no checkpoint to restore from); no checkpoint written yet")
+    assert trainer.learner_restores == 0 and parts.learner is learner
+
+
+def test_an_evaluation_that_loses_a_worker_resyncs_and_runs_again(parts, tiny_bootstrap, tmp_path, caplog) -> None:
+    """Rollout worker 0 is killed while the second of its two evaluation calls is queued:
+    Ray restarts it from the initial model, the trainer gives it the current weights and
+    evaluates again, and the figures equal those of an evaluation without a fault."""
+    # 16 held-out prompts: two evaluation calls of 8 on the one worker.
+    doubled = [*parts.eval_items, *(dataclasses.replace(it, group_index=it.group_index + 1000)
+                                    for it in parts.eval_items)]
+    trainer = _trainer(tiny_bootstrap, parts, tmp_path)
+    # As after a step: the workers hold version 1, so a worker restarted from the
+    # initial model (version 0) is told apart.
+    trainer.version = 1
+    trainer.sync_weights()
+    trainer.parts = dataclasses.replace(parts, eval_items=doubled)
+    want = trainer.evaluate()
+
+    killed: list[int] = []
+
+    def verify_then_kill(texts: list[str], truths: list[str]) -> Any:
+        out = parts.verify(texts, truths)
+        if not killed:
+            killed.append(1)
+            ray.kill(parts.rollout_workers[0], no_restart=False)
+        return out
+
+    trainer.parts = dataclasses.replace(parts, eval_items=doubled, verify=verify_then_kill)
+    with caplog.at_level(logging.WARNING, logger="scope_ray.controller.trainer"):
+        got = trainer.evaluate()
+    assert killed and trainer.rollout_recoveries == 1
+    assert any("evaluation lost a rollout worker" in r.getMessage() for r in caplog.records)
+    want.pop("time/eval_s")
+    got.pop("time/eval_s")
+    assert got == want and f"eval/avg@{trainer.cfg.trainer.eval_k}" in got
+
+
 def test_learner_killed_stops_with_failure_and_checkpoint(parts, tiny_bootstrap, tmp_path, monkeypatch) -> None:
     """Last in the file: the learner stays dead."""
     calls = {"n": 0}

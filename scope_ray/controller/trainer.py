@@ -364,9 +364,13 @@ class Trainer:
         why = ""
         if t.on_learner_failure == "restore":
             why = (" (no checkpoint to restore from)" if not can_restore
-                   else f" (gave up after {self.learner_restores} restores)")
+                   else f" (no restore left: trainer.actor_max_restarts is {t.actor_max_restarts})")
         hint = f"; continue with: scope-ray train --resume {self.run_dir}" if last is not None else ""
-        raise TrainingStopped(f"learner failed at step {self.step + 1}: {exc}. Stopped{why}; {where}{hint}") from exc
+        # The step counter moves on once the learner has trained; the weight export and the
+        # checkpoint come after that, so they failed *after* the step, not in the next one.
+        during_step = getattr(exc, "call", "train_step") in ("train_step", "compute_logprobs")
+        when = f"at step {self.step + 1}" if during_step else f"after step {self.step}"
+        raise TrainingStopped(f"learner failed {when}: {exc}. Stopped{why}; {where}{hint}") from exc
 
     def _stop_on_request(self, already_saved: bool, prefetched: bool) -> None:
         """A stop signal arrived during this step: checkpoint it (even with
