@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -114,10 +115,22 @@ def test_deepspeed_checkpoint_load_refuses_a_planted_pickle(ray_session, tiny_mo
     from actors.learner import LearnerFailure, LearnerGroup
     from scope_ray.learner import LearnerOptions
 
+    def perturb(worker: Any) -> None:  # nested: pickled by value for the actor
+        with torch.no_grad():
+            for p in worker.core.engine.module.parameters():
+                p.add_(1.0)
+
     group = LearnerGroup(str(tiny_model_dir), LearnerOptions(zero_stage=2, num_cpus=0.5), 1, timeout_s=300)
     try:
+        saved = group.export_weights()
         group.save_checkpoint(str(tmp_path / "ck"), tag="t")
+        # Through the safe loader a genuine checkpoint restores the weights it holds.
+        ray.get(group.workers[0].__ray_call__.remote(perturb))
+        moved = group.export_weights()
+        assert not any(torch.equal(saved[k], moved[k]) for k in saved)
         group.load_checkpoint(str(tmp_path / "ck"), tag="t")
+        restored = group.export_weights()
+        assert all(torch.equal(saved[k], restored[k]) for k in saved)
         (victim,) = (tmp_path / "ck" / "t").glob("*model_states.pt")
         marker = tmp_path / "pwned"
         _plant(victim, marker)
