@@ -121,23 +121,68 @@ def test_grpo_without_teacher_uses_reference_and_recomputed_old_logp(ray_session
     assert rows[1]["reference/kl"] > 1e3 * max(rows[0]["reference/kl"], 1e-9)
 
 
-def test_recompute_keeps_the_lag_correction_at_staleness_1(ray_session, tiny_bootstrap, tmp_path):
+STALE = ["trainer.max_staleness=1", "trainer.eval_at_end=false"]
+
+
+@pytest.fixture(scope="module")
+def stale_runs(ray_session, tiny_bootstrap, tmp_path_factory) -> dict[str, Path]:
+    """Uninterrupted 3-step runs at max_staleness=1, one per learner.old_logp mode."""
+    runs = {}
+    for mode in ("rollout", "recompute"):
+        run_dir = tmp_path_factory.mktemp(f"stale_{mode}")
+        run_training(_cfg(tiny_bootstrap, run_dir, 3, [*STALE, f"learner.old_logp={mode}"]), run_dir, None,
+                     show_progress=False)
+        runs[mode] = run_dir
+    return runs
+
+
+def test_recompute_keeps_the_lag_correction_at_staleness_1(stale_runs):
     """max_staleness=1: step s trains on rollouts of the policy before step s-1. With
     learner.old_logp=recompute, pi_old must be the learner's forward under *those*
     weights (kept from before the last step), so rho equals the rollout-log-prob run's;
     recomputing with the current weights would give rho = 1 and drop the correction."""
     gaps = {}
-    for mode in ("rollout", "recompute"):
-        run_dir = tmp_path / mode
-        cfg = _cfg(tiny_bootstrap, run_dir, 3, ["trainer.max_staleness=1", f"learner.old_logp={mode}",
-                                                 "trainer.save_every=0", "trainer.eval_at_end=false"])
-        run_training(cfg, run_dir, None, show_progress=False)
+    for mode, run_dir in stale_runs.items():
         rows = [r for r in _rows(run_dir) if "learner/loss" in r]
         assert [r["rollout/staleness_max"] for r in rows] == [0, 1, 1]
         gaps[mode] = [(r["learner/logp_gap"], r["learner/rho_mean"]) for r in rows]
     for (gap_a, rho_a), (gap_b, rho_b) in zip(gaps["rollout"][1:], gaps["recompute"][1:]):
         assert gap_a > 1e-3  # the lag is real at lr 1e-3
         assert gap_b == pytest.approx(gap_a, abs=1e-4) and rho_b == pytest.approx(rho_a, abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["rollout", "recompute"])
+def test_staleness_1_resume_equals_uninterrupted(ray_session, tiny_bootstrap, stale_runs, tmp_path, mode):
+    """Stopped after step 1 while step 2's groups were already generated (by the step-0
+    weights): the checkpoint keeps those groups (and, under recompute, their old
+    log-probs), so the resumed steps 2-3 equal the uninterrupted run's. Drawing them
+    again would generate them with the step-1 weights instead."""
+    from faults_support import run_trainer
+    from scope_ray.controller import prefetch
+    from scope_ray.controller.trainer import TrainingStopped
+
+    def stop_after_step_1(trainer, step, metrics):
+        if step == 1:
+            trainer.stop_request.signal = "SIGTERM"  # what the driver's signal handler sets
+
+    cfg = _cfg(tiny_bootstrap, tmp_path, 3, [*STALE, f"learner.old_logp={mode}"])
+    with pytest.raises(TrainingStopped, match="SIGTERM received: stopped after step 1 of 3"):
+        run_trainer(cfg, tmp_path, stop_after_step_1)
+    ref = ckpt.latest_valid(tmp_path)
+    assert ref is not None and ref.step == 1 and (ref.path / prefetch.META).is_file()
+    run_training(cfg, tmp_path, ref, show_progress=False)
+
+    keys = ("step", "rollout/tokens", "branch/correct_size", "rollout/staleness_max", "learner/loss",
+            "learner/grad_norm", "learner/logp_gap", "learner/rho_mean")
+    got = [[r[k] for k in keys] for r in _rows(tmp_path) if "learner/loss" in r]
+    want = [[r[k] for k in keys] for r in _rows(stale_runs[mode]) if "learner/loss" in r]
+    assert [g[:4] for g in got] == [w[:4] for w in want]
+    for g, w in zip(got, want):
+        assert g[4:] == pytest.approx(w[4:], rel=1e-5, abs=1e-7), g[0]
+    a = load_file(ckpt.latest_valid(stale_runs[mode]).hf_dir / "model.safetensors")
+    b = load_file(ckpt.latest_valid(tmp_path).hf_dir / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
 def _approx_rows(run_dir: Path) -> list[tuple]:

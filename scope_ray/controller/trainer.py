@@ -34,6 +34,7 @@ import torch
 from scope_ray.algo import get_algorithm
 from scope_ray.config import RunConfig
 from scope_ray.controller import checkpoint as ckpt
+from scope_ray.controller import prefetch
 from scope_ray.controller.evaluation_loop import evaluate_with_workers
 from scope_ray.controller.groups import WeightedBatch, batch_metrics, weigh_groups
 from scope_ray.controller.run_logger import RunLogger
@@ -115,7 +116,10 @@ class Trainer:
         self.log = RunLogger(run_dir, resume_step=resume_from.step if resume_from else None)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-call")
         self._pending_sync: list[ray.ObjectRef] = []
-        self._before_draw: tuple[dict[str, Any], int] = ({}, 0)
+        # Old log-probs of the prefetched step read from a checkpoint (old_logp: recompute):
+        # used for that one step in place of a recompute.
+        self._stored_old_logp: torch.Tensor | None = None
+        self._resumed_step: prefetch.StoredStep | None = None  # its groups, for the first step
         # The latest weights pushed to the rollout workers (None: still the initial
         # model), kept so a restarted worker can be brought up to date.
         self._latest_blobs: ray.ObjectRef | None = None
@@ -147,9 +151,6 @@ class Trainer:
         )
 
     def _start_stream(self) -> StepStream:
-        # Where the data stood before this draw: a checkpoint taken while this stream is
-        # a prefetch (max_staleness = 1) must resume by drawing these prompts again.
-        self._before_draw = (self.parts.train_sampler.state_dict(), self.group_counter)
         return self._new_stream().start(self._next_items(), seed=self.cfg.trainer.seed)
 
     def sync_weights(self, wait: bool = True) -> float:
@@ -282,6 +283,9 @@ class Trainer:
         the ones the last step replaced, which the learner keeps for this. Recomputing
         everything with the current weights would make rho = 1 and drop the lag correction.
         """
+        if self._stored_old_logp is not None:  # the prefetched step of a checkpoint
+            old, self._stored_old_logp = self._stored_old_logp, None
+            return old
         versions = torch.tensor([r.policy_version for g in wb.groups for r in g.rollouts])
         lag = self.version - versions
         if bool(((lag < 0) | (lag > 1)).any()):
@@ -293,25 +297,39 @@ class Trainer:
             old = previous if old is None else torch.where((lag == 1)[:, None], previous, old)
         return old
 
-    def _controller_state(self, prefetched: bool) -> dict[str, Any]:
-        sampler_state, counter = (
-            self._before_draw if prefetched else (self.parts.train_sampler.state_dict(), self.group_counter)
-        )
+    def _controller_state(self) -> dict[str, Any]:
         return {
             "step": self.step,
-            "group_counter": counter,
+            "group_counter": self.group_counter,
             "version": self.version,
-            "sampler": sampler_state,
+            "sampler": self.parts.train_sampler.state_dict(),
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
         }
 
-    def save_checkpoint(self, prefetched: bool = False) -> ckpt.CheckpointRef:
+    def save_checkpoint(self, prefetched: StepStream | None = None) -> ckpt.CheckpointRef:
+        """Learner state, HF export and the data position; with ``prefetched`` (the next
+        step's stream, max_staleness = 1) also its groups, completed first, so a resume
+        trains on exactly them (prefetch.py)."""
         staged = ckpt.staging_dir(self.run_dir, self.step)
         limit = self.cfg.trainer.train_timeout_s
         self.parts.learner.save_checkpoint(str(staged / "deepspeed"), timeout_s=limit)
         self.parts.learner.save_hf(str(staged / "hf"), timeout_s=limit)
-        state = self._controller_state(prefetched)
-        return ckpt.commit(self.run_dir, staged, self.step, state, self.cfg.trainer.keep_checkpoints)
+        if prefetched is not None:
+            groups = prefetched.collect()
+            old_logp = None
+            if self.cfg.learner.old_logp == "recompute":
+                # Their sampling weights are the learner's previous ones, not in the checkpoint.
+                wb = self._weigh(groups)
+                old_logp = self._recomputed_old_logp(self._train_batch(wb), wb)
+            prefetch.save(staged, groups, old_logp)
+        return ckpt.commit(self.run_dir, staged, self.step, self._controller_state(),
+                           self.cfg.trainer.keep_checkpoints)
+
+    def _weigh(self, groups: list) -> WeightedBatch:
+        return weigh_groups(self.spec, groups, tau=self.cfg.algorithm.tau, normalize=self.cfg.algorithm.normalize)
+
+    def _train_batch(self, wb: WeightedBatch):
+        return to_train_batch(wb, self.parts.pad_id, scores_are_reference=self.spec.needs_reference)
 
     def _restore(self, ref: ckpt.CheckpointRef) -> None:
         state = ref.controller_state()
@@ -321,8 +339,14 @@ class Trainer:
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         self.parts.train_sampler.load_state_dict(state["sampler"])
         self.parts.learner.load_checkpoint(str(ref.deepspeed_dir), timeout_s=self.cfg.trainer.train_timeout_s)
+        stored = prefetch.load(ref.path)
+        self._resumed_step = None
+        if stored is not None:
+            groups, self._stored_old_logp = stored
+            self._resumed_step = prefetch.StoredStep(groups)
         self.sync_weights()
-        logger.info("resumed from %s at step %d", ref.path, self.step)
+        logger.info("resumed from %s at step %d%s", ref.path, self.step,
+                    f" with its {len(stored[0])} prefetched groups" if stored else "")
 
     def _stopped(self, when: str, exc: Exception) -> TrainingStopped:
         """One line naming when, the actor and call (``exc``'s message) and the checkpoint
@@ -372,7 +396,7 @@ class Trainer:
         when = f"at step {self.step + 1}" if during_step else f"after step {self.step}"
         raise TrainingStopped(f"learner failed {when}: {exc}. Stopped{why}; {where}{hint}") from exc
 
-    def _stop_on_request(self, already_saved: bool, prefetched: bool) -> None:
+    def _stop_on_request(self, already_saved: bool, prefetched: StepStream | None) -> None:
         """A stop signal arrived during this step: checkpoint it (even with
         ``save_every: 0``, so nothing trained is lost) and stop with the resume command."""
         ref = ckpt.latest_valid(self.run_dir, set_aside=False) if already_saved else self.save_checkpoint(prefetched)
@@ -420,14 +444,17 @@ class Trainer:
         """Steps from ``self.step`` to the end (re-entered after a learner restore)."""
         t = self.cfg.trainer
         staleness = t.max_staleness if t.schedule == "stream" else 0
-        stream = self._start_stream() if self.step < t.total_steps else None
+        stream: StepStream | prefetch.StoredStep | None = self._resumed_step
+        self._resumed_step = None
+        if stream is None and self.step < t.total_steps:
+            stream = self._start_stream()
         while self.step < t.total_steps:
             step_t0 = time.perf_counter()
             assert stream is not None
             groups = stream.collect()
             clock = stream.clock
-            wb = weigh_groups(self.spec, groups, tau=self.cfg.algorithm.tau, normalize=self.cfg.algorithm.normalize)
-            batch = to_train_batch(wb, self.parts.pad_id, scores_are_reference=self.spec.needs_reference)
+            wb = self._weigh(groups)
+            batch = self._train_batch(wb)
             if self.cfg.learner.old_logp == "recompute":
                 batch.old_logp = self._recomputed_old_logp(batch, wb)
             next_stream = None
@@ -475,9 +502,9 @@ class Trainer:
                 )
             saved = t.save_every > 0 and (self.step % t.save_every == 0 or self.step == t.total_steps)
             if saved:
-                self.save_checkpoint(prefetched=next_stream is not None)
+                self.save_checkpoint(prefetched=next_stream)
             if self.stop_request.signal is not None and self.step < t.total_steps:
-                self._stop_on_request(already_saved=saved, prefetched=next_stream is not None)
+                self._stop_on_request(already_saved=saved, prefetched=next_stream)
             stream = next_stream if next_stream is not None else (
                 self._start_stream() if self.step < t.total_steps else None
             )

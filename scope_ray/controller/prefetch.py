@@ -1,0 +1,79 @@
+"""The prefetched step, kept in a checkpoint so ``--resume`` continues exactly.
+
+Under ``trainer.max_staleness = 1`` the next step's groups are generated (by the weights
+before the step that was just checkpointed) while the learner trains. Drawing those
+prompts again on resume would generate them with the newer weights: a valid run, but
+not the one that was interrupted. So the checkpoint holds the prefetched groups
+themselves (token ids, engine log-probs, rewards, teacher scores), and, under
+``learner.old_logp: recompute``, the old log-probs the learner computed for them with the
+weights they were sampled under (which the checkpoint does not otherwise keep).
+
+Format: ``prefetched.json`` (the groups' text fields and layout) and
+``prefetched.safetensors`` (their arrays); no pickle, covered by the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from scope_ray.controller.stream import StageClock
+from scope_ray.types import Rollout, RolloutGroup
+
+META = "prefetched.json"
+ARRAYS = "prefetched.safetensors"
+OLD_LOGP = "old_logp"
+
+
+def save(directory: Path, groups: list[RolloutGroup], old_logp: torch.Tensor | None) -> None:
+    arrays: dict[str, torch.Tensor] = {}
+    meta: list[dict[str, Any]] = []
+    for i, g in enumerate(groups):
+        rollouts = []
+        for j, r in enumerate(g.rollouts):
+            arrays[f"{i}.{j}.ids"] = torch.tensor(r.response_ids, dtype=torch.int64)
+            arrays[f"{i}.{j}.logp"] = torch.from_numpy(np.asarray(r.response_logp, dtype=np.float32).copy())
+            scored = g.teacher_logp[j] if g.teacher_logp else None
+            if scored is not None:
+                arrays[f"{i}.{j}.teacher"] = torch.from_numpy(np.asarray(scored, dtype=np.float32).copy())
+            rollouts.append({"text": r.text, "finish_reason": r.finish_reason, "policy_version": r.policy_version})
+        meta.append({"uid": g.uid, "group_index": g.group_index, "prompt_ids": list(g.prompt_ids),
+                     "ground_truth": g.ground_truth, "data_source": g.data_source, "rewards": list(g.rewards),
+                     "reasons": list(g.reasons), "rollouts": rollouts})
+    if old_logp is not None:
+        arrays[OLD_LOGP] = old_logp.detach().to(torch.float32).contiguous()
+    save_file(arrays, str(directory / ARRAYS))
+    (directory / META).write_text(json.dumps(meta))
+
+
+def load(directory: Path) -> tuple[list[RolloutGroup], torch.Tensor | None] | None:
+    """The groups and old log-probs saved in ``directory``, or None if it has none."""
+    if not (directory / META).is_file():
+        return None
+    arrays = load_file(str(directory / ARRAYS))
+    groups = []
+    for i, g in enumerate(json.loads((directory / META).read_text())):
+        rollouts = [Rollout(arrays[f"{i}.{j}.ids"].tolist(), arrays[f"{i}.{j}.logp"].numpy(), r["text"],
+                            r["finish_reason"], int(r["policy_version"])) for j, r in enumerate(g["rollouts"])]
+        teacher = [arrays[f"{i}.{j}.teacher"].numpy() if f"{i}.{j}.teacher" in arrays else None
+                   for j in range(len(rollouts))]
+        groups.append(RolloutGroup(g["uid"], int(g["group_index"]), list(g["prompt_ids"]), g["ground_truth"],
+                                   g["data_source"], rollouts, rewards=[float(x) for x in g["rewards"]],
+                                   reasons=list(g["reasons"]), teacher_logp=teacher))
+    return groups, arrays.get(OLD_LOGP)
+
+
+class StoredStep:
+    """A step whose groups come from a checkpoint: stands in for its StepStream."""
+
+    def __init__(self, groups: list[RolloutGroup]) -> None:
+        self.groups = groups
+        self.clock = StageClock()  # nothing was generated or scored in this process
+
+    def collect(self) -> list[RolloutGroup]:
+        return self.groups
