@@ -127,6 +127,23 @@ def test_gpu_image_installs_the_gpu_extra_from_setup_cfg() -> None:
     assert "scope_ray" in check and "torch.version.cuda" in check
 
 
+def test_gpu_image_takes_torch_from_the_index_of_its_cuda_and_prefetches_kernels() -> None:
+    """vLLM's CUDA wheels pair with one CUDA build of torch: the dependency layer adds
+    that PyTorch index, its CUDA tag is the base image's CUDA major, the build checks the
+    installed torch against it, and FlashInfer's kernels are fetched at build time."""
+    instrs = _instructions(GPU)
+    args = dict(rest.split("=", 1) for op, rest in instrs if op == "ARG" and "=" in rest)
+    image_cuda = args["CUDA_IMAGE"].split(":", 1)[1].split(".")[0]  # nvidia/cuda:13.0.1-... -> 13
+    assert args["TORCH_CUDA"] == f"cu{image_cuda}0"
+    assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/${TORCH_CUDA}"
+    install = instrs[_index(instrs, "RUN", 'pip install ".[gpu]"')][1]
+    assert '--extra-index-url="${TORCH_INDEX}"' in install
+    assert "torch.version.cuda" in install and "sys.exit" in install  # fails the build on a mismatch
+    assert "vllm download-kernels" in install
+    # vLLM 0.32's own CUDA line (its VLLM_MAIN_CUDA_VERSION) is what the image carries.
+    assert (args["TORCH_CUDA"], PINS["vllm"]) == ("cu130", "0.32.0")
+
+
 def test_cpu_image_is_built_by_launch_setup_env_sh() -> None:
     instrs = _instructions(CPU)
     assert next(rest for op, rest in instrs if op == "FROM") == "python:3.11-slim"
