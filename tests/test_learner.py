@@ -344,3 +344,32 @@ def test_options_and_metric_merge_without_ray() -> None:
     assert merged["loss"] == 2.0 and merged["tokens"] == 8
     assert merged["logp_gap"] == pytest.approx(0.1) and merged["rho_mean"] == 1.0 and merged["rho_max"] == 2.0
     assert merged["skipped"] is True
+
+
+_LOOPBACK_GROUP_OUTLIVES_ITS_SETUP = """
+import gc, sys, time
+import torch
+from scope_ray.learner.core import free_port
+from scope_ray.learner.engine import _init_on_loopback
+_init_on_loopback(0, 1, "127.0.0.1", free_port(), "gloo")
+gc.collect()
+time.sleep(1.0)  # the store's daemon polls its listening socket meanwhile
+t = torch.ones(3)
+torch.distributed.all_reduce(t)
+torch.distributed.barrier()
+print("alive", t.tolist())
+"""
+
+
+def test_the_loopback_group_keeps_its_listening_socket() -> None:
+    """Rank 0's TCPStore polls the listening socket made for it for as long as the group
+    lives; when the socket object closed it on return, the store's daemon aborted the
+    process (SIGABRT, seen once in a resumed run). A fresh process: the group is global."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", _LOOPBACK_GROUP_OUTLIVES_ITS_SETUP], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "alive [1.0, 1.0, 1.0]" in done.stdout

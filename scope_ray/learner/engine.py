@@ -93,15 +93,20 @@ def _init_on_loopback(rank: int, world_size: int, master_addr: str, master_port:
     # Never overrides the user; read by gloo / NCCL when the group connects.
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
-    listener = None
+    listen_fd = None
     if rank == 0:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((master_addr, master_port))
         listener.listen(max(16, world_size))
+        # The store's daemon thread polls this fd for the life of the group: hand it over
+        # (detach), or the socket object closes it when this function returns, and the
+        # daemon aborts the process ("Unexpected poll revent on the master's listening
+        # socket: 32", POLLNVAL; seen on a resume in tests/test_faults_driver.py).
+        listen_fd = listener.detach()
     store = torch.distributed.TCPStore(
         master_addr, master_port, world_size, is_master=rank == 0, timeout=timeout,
-        master_listen_fd=listener.fileno() if listener is not None else None, use_libuv=False,
+        master_listen_fd=listen_fd, use_libuv=False,
     )
     torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
 
