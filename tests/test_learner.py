@@ -373,3 +373,23 @@ def test_the_loopback_group_keeps_its_listening_socket() -> None:
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "alive [1.0, 1.0, 1.0]" in done.stdout
+
+
+def test_learner_processes_build_with_the_interpreters_own_ninja() -> None:
+    """Whatever PATH a learner process starts with (a Ray worker's, a job's), the comm
+    op is built by the ninja beside its interpreter: two ninja versions sharing one build
+    folder rebuilt it for each other every time."""
+    import os
+    import subprocess
+    import sys
+
+    own = Path(sys.executable).parent / "ninja"
+    assert own.is_file(), "pip's ninja (a DeepSpeed dependency) is missing from the venv"
+    code = ("from scope_ray.learner.engine import configure_process_env; configure_process_env(); "
+            "import shutil; print(shutil.which('ninja'))")
+    root = Path(__file__).resolve().parents[1]
+    for path in ("/usr/bin:/bin", f"{own.parent}{os.pathsep}/usr/bin:/bin"):
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PATH": path})
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == str(own), (path, out.stdout)

@@ -165,8 +165,29 @@ def test_train16_teacher4_overlay_pins_each_actor_kind(recipe: str) -> None:
     assert t.num_replicas * t.num_gpus == 4
     # Only placement moved; every hyper-parameter is the recipe's.
     assert {k.split(".")[0] for k in _diff(base, cfg)} <= {"rollout", "teacher", "learner"}
-    assert _diff(base, cfg) <= {"rollout.num_workers", "rollout.resources", "teacher.num_replicas",
-                                "teacher.resources", "learner.num_workers", "learner.resources"}
+    # (prompts_per_request: how a step is split over the workers, not a hyper-parameter.)
+    assert _diff(base, cfg) <= {"rollout.num_workers", "rollout.resources", "rollout.prompts_per_request",
+                                "teacher.num_replicas", "teacher.resources", "learner.num_workers",
+                                "learner.resources"}
+
+
+GPU_RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "tiny.yaml")
+
+
+@pytest.mark.parametrize("layout", [None, "node8.yaml", "train16-teacher4.yaml"])
+@pytest.mark.parametrize("recipe", GPU_RECIPES)
+def test_gpu_recipes_give_each_engine_its_whole_share_of_a_step_at_once(recipe: str, layout: str | None) -> None:
+    """Paper scale: a rollout worker serves one call at a time, and a call waits on its
+    longest (12k-token) sample. So each worker gets its whole share of the step's prompts
+    in one call, and every worker gets one: >= 256 sequences in flight per engine wherever
+    the step holds that many (G = 1 OPD has only 64 per worker)."""
+    cfg = _load(recipe, layout)
+    r, step = cfg.rollout, cfg.trainer.prompts_per_step
+    assert step % r.num_workers == 0
+    share = step // r.num_workers
+    assert r.prompts_per_request == share, (recipe, layout, r.prompts_per_request, share)
+    assert r.prompts_per_request * r.group_size >= min(256, share * r.group_size)
+    assert r.max_num_seqs == 0 or r.max_num_seqs >= r.prompts_per_request * r.group_size
 
 
 def test_layout_overrides_are_single_shell_words() -> None:
