@@ -98,6 +98,14 @@ class TeacherConfig:
     resources: dict[str, float] = field(default_factory=dict)  # e.g. {"teacher_node": 1}
 
 
+# DeepSpeed 0.19.8 runs ZeRO-1 + bf16 + fp32 accumulation through its BF16_Optimizer,
+# which counts micro-batch gradients more than once under the learner's accumulation.
+ZERO1_BF16_FP32 = ("float32 with learner.zero_stage 1 and model.dtype bfloat16 runs DeepSpeed's BF16_Optimizer, "
+                   "which counts micro-batch gradients more than once under scope-ray's accumulation (grad norm "
+                   "237 instead of 118 at 4 micro-batches); use learner.zero_stage=2 (same memory on one node) "
+                   "or learner.grad_accum_dtype=bfloat16")
+
+
 @dataclass
 class LearnerConfig:
     num_workers: int = 1
@@ -109,6 +117,11 @@ class LearnerConfig:
     grad_clip: float = 1.0
     micro_batch_tokens: int = 16384
     gradient_checkpointing: bool = False
+    # The dtype micro-batch gradients are summed in when model.dtype is bfloat16 (a
+    # float32 model always sums in float32). bf16 sums lose ~1e-2 of the gradient over
+    # the recipes' hundreds of micro-batches (bench/grad_accum_precision.py). Under
+    # ZeRO-1 float32 selects DeepSpeed's BF16_Optimizer, under ZeRO-2/3 fp32 buffers.
+    grad_accum_dtype: Literal["float32", "bfloat16"] = "float32"
     # pi_old in rho: "rollout" = the engine's log-probs of its own samples (exactly the
     # behaviour policy, also under max_staleness=1); "recompute" = a learner forward pass
     # before the step under the weights that generated each rollout (verl's default;
@@ -267,6 +280,10 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(lr.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
     _require(len(lr.betas) == 2 and all(0 <= b < 1 for b in lr.betas), "learner.betas", "must be two numbers in [0, 1)")
     _require(lr.grad_clip >= 0, "learner.grad_clip", "must be >= 0 (0 = off)")
+    _require(lr.grad_accum_dtype == "float32" or m.dtype == "bfloat16", "learner.grad_accum_dtype",
+             f"bfloat16 needs model.dtype bfloat16 (a {m.dtype} model sums its gradients in its own dtype)")
+    _require(not (m.dtype == "bfloat16" and lr.zero_stage == 1 and lr.grad_accum_dtype == "float32"),
+             "learner.grad_accum_dtype", ZERO1_BF16_FP32)
     min_tokens = m.max_prompt_tokens + m.max_response_tokens
     _require(lr.micro_batch_tokens >= min_tokens, "learner.micro_batch_tokens",
              f"must hold one full sequence (>= {min_tokens} = max_prompt_tokens + max_response_tokens)")

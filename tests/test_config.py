@@ -60,6 +60,10 @@ def test_round_trip_through_yaml(tmp_path):
         ("trainer.eval_top_p=0", "trainer.eval_top_p: must be in (0, 1]"),
         ("rollout.max_num_seqs=-1", "rollout.max_num_seqs: must be >= 0"),
         ("rollout.weight_sync=nccl", "rollout.weight_sync: 'nccl' is not implemented yet"),
+        ("learner.grad_accum_dtype=float16", "learner.grad_accum_dtype: must be one of ['float32', 'bfloat16']"),
+        ("learner.grad_accum_dtype=bfloat16", "learner.grad_accum_dtype: bfloat16 needs model.dtype bfloat16"),
+        ("model.dtype=bfloat16 learner.zero_stage=1",
+         "learner.grad_accum_dtype: float32 with learner.zero_stage 1 and model.dtype bfloat16 runs DeepSpeed's BF16_Optimizer"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(override, message):

@@ -295,13 +295,19 @@ def test_non_finite_loss_on_one_rank_skips_the_step_on_every_rank(dp_group, batc
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gradient_checkpointing_and_bf16(dtype, ray_session, tiny_model_dir, batch, reference_update) -> None:
     """ZeRO-2 + gradient checkpointing: the same update in fp32; bf16 trains close to it."""
+    import ray
+
     opts = LearnerOptions(**{**_opts(2).__dict__, "gradient_checkpointing": True, "dtype": dtype})
     group = LearnerGroup(str(tiny_model_dir), opts, 1, timeout_s=300)
     try:
         m = group.train_step(batch, micro_batch_tokens=BUDGET)
         weights = group.export_weights()
+        # Micro-batch gradients are summed in fp32 either way (learner.grad_accum_dtype).
+        accum = ray.get(group.workers[0].__ray_call__.remote(
+            lambda w: str(w.core.engine.optimizer.gradient_accumulation_dtype)))
     finally:
         group.shutdown()
+    assert accum == "torch.float32"
     ref_weights, ref_metrics = reference_update
     assert not m["skipped"]
     if dtype == "float32":
@@ -393,3 +399,18 @@ def test_learner_processes_build_with_the_interpreters_own_ninja() -> None:
                              env={**os.environ, "PATH": path})
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.strip() == str(own), (path, out.stdout)
+
+
+def test_deepspeed_is_told_the_gradient_accumulation_dtype() -> None:
+    from scope_ray.learner.engine import deepspeed_config
+
+    bf16 = LearnerOptions(zero_stage=2, dtype="bfloat16")
+    assert deepspeed_config(bf16)["data_types"] == {"grad_accum_dtype": "fp32"}
+    as_model = LearnerOptions(zero_stage=3, dtype="bfloat16", grad_accum_dtype="bfloat16")
+    assert deepspeed_config(as_model)["data_types"] == {"grad_accum_dtype": "bf16"}
+    assert "data_types" not in deepspeed_config(LearnerOptions(zero_stage=2))  # fp32 model: fp32 sums
+    # ZeRO-1 + bf16 + fp32 sums is DeepSpeed's BF16_Optimizer, which double-counts here.
+    with pytest.raises(ValueError, match="BF16_Optimizer"):
+        LearnerOptions(zero_stage=1, dtype="bfloat16").validate()
+    with pytest.raises(ValueError, match="grad_accum_dtype bfloat16 needs dtype bfloat16"):
+        LearnerOptions(grad_accum_dtype="bfloat16").validate()

@@ -222,3 +222,20 @@ def test_sequential_schedule_and_whole_requests_train_as_the_stream(ray_session,
     cfg = _cfg(tiny_bootstrap, tmp_path, 3, ["trainer.schedule=sequential", "rollout.stream_rollouts=false"])
     run_training(cfg, tmp_path, None, show_progress=False)
     _assert_same_run(tmp_path, full_dir)
+
+
+def test_evaluation_calls_spread_over_every_worker(tmp_path):
+    """100 held-out prompts on 4 workers at prompts_per_request 64 were 2 calls: two
+    workers idle. Now every worker gets a call, never larger than the engines were
+    sized for (max(prompts_per_request, 8) prompts)."""
+    from scope_ray.controller.trainer import Components, Trainer
+
+    def per_call(n_items: int, n_workers: int, ppr: int, tmp: Path) -> int:
+        cfg = load_config(None, [f"rollout.prompts_per_request={ppr}", f"trainer.run_dir={tmp}"], check_paths=False)
+        parts = Components(rollout_workers=[object()] * n_workers, teachers=[], learner=None, verify=None, pad_id=0,
+                           train_sampler=None, eval_items=[object()] * n_items)
+        return Trainer(cfg, tmp, parts, None)._eval_prompts_per_call()
+
+    assert per_call(100, 4, 64, tmp_path) == 25
+    assert per_call(64, 1, 4, tmp_path) == 8  # the CPU default: as before
+    assert per_call(3, 4, 64, tmp_path) == 1

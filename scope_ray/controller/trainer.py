@@ -248,7 +248,7 @@ class Trainer:
                 out = evaluate_with_workers(
                     self.parts.rollout_workers, self.parts.eval_items, self.parts.verify, k=t.eval_k,
                     sampling={"temperature": t.eval_temperature, "top_p": t.eval_top_p, "top_k": t.eval_top_k},
-                    seed=t.seed + 12345, prompts_per_request=max(self.cfg.rollout.prompts_per_request, 8),
+                    seed=t.seed + 12345, prompts_per_request=self._eval_prompts_per_call(),
                     timeout_s=t.generate_timeout_s,
                 )
                 break
@@ -258,6 +258,13 @@ class Trainer:
                 logger.warning("evaluation lost a rollout worker (%s); running it again", exc)
         out["time/eval_s"] = time.perf_counter() - t0
         return out
+
+    def _eval_prompts_per_call(self) -> int:
+        """max(prompts_per_request, 8) prompts per call, but spread so every worker gets
+        one (100 held-out prompts at 64 per call would leave 2 of 4 workers idle). Never
+        more than the max_num_seqs sizing of cluster.rollout_max_num_seqs assumes."""
+        per_worker = -(-len(self.parts.eval_items) // max(1, len(self.parts.rollout_workers)))
+        return max(1, min(max(self.cfg.rollout.prompts_per_request, 8), per_worker))
 
     def _train_in_background(self, batch, next_stream: StepStream | None) -> tuple[dict[str, float], float]:
         """Run the learner step in a thread while pumping the next step's stream."""

@@ -134,7 +134,12 @@ def deepspeed_config(options: LearnerOptions) -> dict[str, Any]:
     if options.zero_stage == 3:
         # Gather full weights on save only through GatheredParameters, never implicitly.
         zero["stage3_gather_16bit_weights_on_model_save"] = False
+    extra: dict[str, Any] = {}
+    if options.dtype == "bfloat16":
+        # Unset, DeepSpeed sums micro-batch gradients in bf16 (bench/grad_accum_precision.py).
+        extra["data_types"] = {"grad_accum_dtype": "fp32" if options.grad_accum_dtype == "float32" else "bf16"}
     return {
+        **extra,
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": float(options.grad_clip),

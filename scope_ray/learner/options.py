@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from scope_ray.algo import AGGREGATIONS, get_algorithm
+from scope_ray.config import ZERO1_BF16_FP32
 
 LearnerDtype = Literal["float32", "bfloat16"]
 
@@ -26,6 +27,8 @@ class LearnerOptions:
     gradient_checkpointing: bool = False
     # Parameter/compute dtype. bfloat16 keeps fp32 master weights in the optimizer.
     dtype: LearnerDtype = "float32"
+    # bfloat16 models: the dtype micro-batch gradients are summed in (config.py).
+    grad_accum_dtype: LearnerDtype = "float32"
     algorithm: str = "scope"
     aggregation: Literal["sum", "token-mean"] = "sum"
     clip_eps: float = 0.2  # grpo only
@@ -60,6 +63,10 @@ class LearnerOptions:
             (self.micro_batch_tokens >= 1, f"micro_batch_tokens must be >= 1, got {self.micro_batch_tokens}"),
             (self.dtype in ("float32", "bfloat16"),
              f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}"),
+            (self.grad_accum_dtype == "float32" or self.dtype == "bfloat16",
+             f"grad_accum_dtype bfloat16 needs dtype bfloat16, got dtype {self.dtype!r}"),
+            (not (self.dtype == "bfloat16" and self.zero_stage == 1 and self.grad_accum_dtype == "float32"),
+             f"grad_accum_dtype {ZERO1_BF16_FP32}"),
             (self.aggregation in AGGREGATIONS,
              f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"),
             (self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}"),
@@ -82,6 +89,7 @@ class LearnerOptions:
             zero_stage=lr.zero_stage, lr=lr.lr, weight_decay=lr.weight_decay, betas=tuple(lr.betas),
             eps=lr.eps, grad_clip=lr.grad_clip, micro_batch_tokens=lr.micro_batch_tokens,
             gradient_checkpointing=lr.gradient_checkpointing, dtype=cfg.model.dtype,
+            grad_accum_dtype=lr.grad_accum_dtype,
             algorithm=algo.name, aggregation=algo.aggregation, clip_eps=algo.clip_eps, kl_beta=algo.kl_beta,
             seed=cfg.trainer.seed, num_cpus=lr.num_cpus, num_gpus=lr.num_gpus,
             temperature=cfg.rollout.temperature,
