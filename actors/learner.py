@@ -52,6 +52,15 @@ class LearnerFailure(RuntimeError):
         self.call = call
 
 
+def learner_bundle(options: LearnerOptions, resources: dict[str, float] | None = None) -> dict[str, float]:
+    """One rank's placement-group bundle (scope_ray/planning models the same request)."""
+    bundle = {"CPU": options.num_cpus}
+    if options.use_gpu:
+        bundle["GPU"] = options.num_gpus
+    bundle.update(resources or {})
+    return bundle
+
+
 @ray.remote
 class LearnerWorker:
     def __init__(self, rank: int, world_size: int, model_dir: str, options: LearnerOptions) -> None:
@@ -119,10 +128,7 @@ class LearnerGroup:
         self.options = options
         self.spec = get_algorithm(options.algorithm)
         self.timeout_s = timeout_s
-        bundle = {"CPU": options.num_cpus}
-        if options.use_gpu:
-            bundle["GPU"] = options.num_gpus
-        bundle.update(resources or {})
+        bundle = learner_bundle(options, resources)
         self._pg = placement_group([dict(bundle) for _ in range(num_workers)], strategy=placement_strategy)
         ray.get(self._pg.ready(), timeout=timeout_s)
         self.workers: list[Any] = []

@@ -1,4 +1,4 @@
-"""``scope-ray`` command line: train, bootstrap, eval, verify-checkpoint."""
+"""``scope-ray`` command line: train, bootstrap, eval, plan, verify-checkpoint."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
 
     add_bootstrap_arguments(sub.add_parser("bootstrap", help="build the embedded tiny task, teacher and student"))
     add_eval_arguments(sub.add_parser("eval", help="avg@k / pass@k of a model on a dataset (vLLM)"))
+    plan = sub.add_parser("plan", help="where every actor of a recipe would go on a cluster, and whether it fits")
+    plan.add_argument("--config", help="recipe YAML (launch/configs/*.yaml); none = the embedded default")
+    plan.add_argument("--layout", help="layout overlay (launch/configs/layouts/*.yaml)")
+    plan.add_argument("--cluster", required=True, help="cluster file (launch/clusters/*.yaml)")
+    plan.add_argument("--json", action="store_true", help="print the placements as JSON")
+    plan.add_argument("overrides", nargs="*", help="dotted overrides, as for train")
     check = sub.add_parser("verify-checkpoint", help="check a checkpoint's (or a run's) files against its manifest")
     check.add_argument("path", help="a checkpoints/step_NNNNNN directory, or a run directory")
     args = parser.parse_args(argv)
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             return train_command(args.config, args.overrides, args.resume)
         if args.command == "verify-checkpoint":
             return _verify_checkpoint(args.path)
+        if args.command == "plan":
+            return _plan(args)
         if args.command == "bootstrap":
             from scope_ray.evaluation import run_bootstrap
 
@@ -63,6 +71,24 @@ def main(argv: list[str] | None = None) -> int:
         # checkpoint in one line, no traceback.
         print(f"scope-ray: training stopped: {exc}", file=sys.stderr)
         return 3
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """The placement table; exit 0 when everything fits, 1 naming the first actor that
+    does not, 2 for a bad config or cluster file."""
+    from scope_ray.config import ConfigError, load_config, overlay_overrides
+    from scope_ray.planning import format_plan, load_cluster, plan_run
+    from scope_ray.planning.placement import to_json
+
+    layout = overlay_overrides(args.layout) if args.layout else []
+    cfg = load_config(args.config, [*layout, *args.overrides], check_paths=False)
+    try:
+        nodes = load_cluster(args.cluster)
+        placed, sources = plan_run(cfg, nodes)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+    print(to_json(placed) if args.json else format_plan(placed, sources))
+    return 1 if any(p.problem for p in placed) else 0
 
 
 def _verify_checkpoint(path: str) -> int:

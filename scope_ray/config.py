@@ -183,6 +183,9 @@ class RayConfig:
     address: str = ""  # "" = $RAY_ADDRESS if set, else start a local Ray in-process
     num_cpus: int = 0  # local Ray only; 0 = Ray's default
     dashboard_host: str = "127.0.0.1"
+    # Before starting actors, refuse a run whose actors the cluster's total resources can
+    # never hold (scope_ray/planning); off for a cluster that autoscales.
+    check_resources: bool = True
 
 
 @dataclass
@@ -411,6 +414,25 @@ def _nest(path: list[str], value: Any) -> dict[str, Any]:
     out: Any = value
     for part in reversed(path):
         out = {part: out}
+    return out
+
+
+def overlay_overrides(path: str | Path) -> list[str]:
+    """A layout overlay (launch/configs/layouts/*.yaml: a partial config tree that moves
+    actors between GPUs and nodes) as ``section.key=<json>`` overrides, one per leaf key.
+    Values are compact JSON (valid YAML, no spaces), so each is one shell word; whole
+    values replace the recipe's (``resources: {teacher_node: 1}`` is a placement change)."""
+    import json
+
+    data: Any = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a layout is a mapping of config sections")
+    out: list[str] = []
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: {section}: expected a mapping of keys")
+        for key, value in values.items():
+            out.append(f"{section}.{key}={json.dumps(value, separators=(',', ':'))}")
     return out
 
 

@@ -51,8 +51,7 @@ def _gpus(cfg: RunConfig) -> float:
 
     r, t, lr = cfg.rollout, cfg.teacher, cfg.learner
     spec = get_algorithm(cfg.algorithm.name)
-    scorer = spec.needs_teacher or (spec.needs_reference and cfg.algorithm.kl_beta > 0)
-    teacher = t.num_replicas * t.num_gpus if scorer else 0
+    teacher = t.num_replicas * t.num_gpus if spec.scorer(cfg.algorithm.kl_beta) else 0
     return r.num_workers * r.num_gpus * r.tensor_parallel_size + teacher + lr.num_workers * lr.num_gpus
 
 

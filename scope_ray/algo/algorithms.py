@@ -37,6 +37,13 @@ class AlgorithmSpec:
     def needs_reference(self) -> bool:
         return self.loss == "grpo"
 
+    def scorer(self, kl_beta: float) -> Literal["teacher", "reference"] | None:
+        """The scoring server a run starts: the teacher, the frozen initial student
+        (GRPO's KL reference, only with ``kl_beta > 0``), or none."""
+        if self.needs_teacher:
+            return "teacher"
+        return "reference" if self.needs_reference and kl_beta > 0 else None
+
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     spec.name: spec

@@ -152,7 +152,7 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
     scorer_dir = teacher_dir if spec.needs_teacher else student_dir
     # The reference is the initial *sampling* policy, tempered like the trained one.
     scorer_temperature = t.temperature if spec.needs_teacher else r.temperature
-    if spec.needs_teacher or (spec.needs_reference and cfg.algorithm.kl_beta > 0):
+    if spec.scorer(cfg.algorithm.kl_beta) is not None:
         teachers = [
             # Scoring is a pure function of its input: Ray retries a lost call on the
             # restarted replica by itself (the stream then tries another replica).

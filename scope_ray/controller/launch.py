@@ -134,6 +134,9 @@ def start_components(cfg: RunConfig) -> Components:
     train_items, eval_items = load_prompt_items(cfg, inputs, tokenizer)
     logger.info("data: %d training prompts, %d held-out prompts", len(train_items), len(eval_items))
     cluster.connect(cfg.ray, cfg)
+    from scope_ray.planning import check_live
+
+    check_live(cfg)  # a layout the cluster can never hold fails here, not after train_timeout_s
     parts = cluster.build(cfg, inputs.student_dir, inputs.teacher_dir, tokenizer)
     parts.train_sampler = PromptSampler(train_items, seed=cfg.trainer.seed)
     parts.eval_items = eval_items
