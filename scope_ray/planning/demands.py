@@ -10,7 +10,7 @@ The memory model (GiB per GPU, bf16 unless the config says float32):
   /ranks), the previous-policy copy when kept, activations of one micro-batch
   (``micro_batch_tokens``: with gradient checkpointing one bf16 hidden state per layer
   plus one layer's working set, without it every layer's working set), the log-prob
-  chunk (``modeling.LOGIT_CHUNK_ELEMENTS`` fp32 logits, their softmax and gradient) and
+  chunk (``modeling.LOGIT_CHUNK_ELEMENTS`` fp32 logits, ~5 copies in backward) and
   ~1.5 GiB of CUDA context and allocator slack;
 - vLLM engine (rollout workers, ``teacher.backend: vllm``): it takes
   ``gpu_memory_utilization`` of the GPU; inside that the weights (/TP), ~2 GiB of
@@ -78,11 +78,14 @@ def learner_memory(cfg: Any, shape: ModelShape) -> dict[str, float]:
     return {k: v / GIB for k, v in parts.items()}
 
 
-def _logprob_chunk_bytes(shape: ModelShape, tokens: int) -> float:
+def _logprob_chunk_bytes(shape: ModelShape, tokens: int, backward: bool = True) -> float:
+    """One chunk of fp32 logits and what lives beside it: the log-softmax (scoring), and
+    in backward their recomputation and both gradients (~5 fp32 copies: measured 1.4 GiB
+    for one 2^26-element chunk on CPU, launch/gpu_check.py --small)."""
     from scope_ray.modeling import LOGIT_CHUNK_ELEMENTS
 
     elements = min(LOGIT_CHUNK_ELEMENTS, tokens * shape.vocab)
-    return 3 * 4 * elements  # fp32 logits, their softmax, and the gradient in backward
+    return (5 if backward else 2) * 4 * elements
 
 
 def vllm_memory(shape: ModelShape, max_model_len: int, tp: int, dtype: str) -> tuple[dict[str, float], float]:
@@ -96,7 +99,7 @@ def vllm_memory(shape: ModelShape, max_model_len: int, tp: int, dtype: str) -> t
 def hf_teacher_memory(cfg: Any, shape: ModelShape) -> dict[str, float]:
     b, tokens = _bytes_per_param(cfg.model.dtype), cfg.teacher.max_batch_tokens
     parts = {"weights": shape.params * b, "one layer's working set": tokens * shape.layer_working_set_bytes(b),
-             "log-prob chunk": _logprob_chunk_bytes(shape, tokens) / 3 * 2, "CUDA context": CUDA_CONTEXT_GIB * GIB}
+             "log-prob chunk": _logprob_chunk_bytes(shape, tokens, backward=False), "CUDA context": CUDA_CONTEXT_GIB * GIB}
     return {k: v / GIB for k, v in parts.items()}
 
 
