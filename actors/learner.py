@@ -21,7 +21,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from scope_ray.algo import get_algorithm
 from scope_ray.batching import TrainBatch, shard_indices
 from scope_ray.engines.weight_buckets import pack_state_dict
-from scope_ray.errors import first_line
+from scope_ray.errors import LearnerFailure, first_line
 from scope_ray.learner import LearnerCore, LearnerOptions, merge_step_metrics
 from scope_ray.learner.core import check_batch, free_port
 from scope_ray.log_routing import capture_process_output
@@ -36,20 +36,6 @@ def port_was_taken(exc: BaseException) -> bool:
     """True when process-group set-up failed because its rendezvous port was in use."""
     text = str(exc)
     return "EADDRINUSE" in text or "address already in use" in text.lower()
-
-
-class LearnerFailure(RuntimeError):
-    """A learner call failed, hung past its timeout, or a rank died.
-
-    The message names the rank and the call. The group is unusable afterwards (the
-    surviving ranks may be stuck in a collective): stop, or build a new group and load
-    a checkpoint (``trainer.on_learner_failure``).
-    """
-
-    def __init__(self, message: str, *, rank: int | None, call: str) -> None:
-        super().__init__(message)
-        self.rank = rank
-        self.call = call
 
 
 def learner_bundle(options: LearnerOptions, resources: dict[str, float] | None = None) -> dict[str, float]:

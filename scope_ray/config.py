@@ -20,9 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key (or file)."""
+from scope_ray.errors import ConfigError
 
 
 @dataclass

@@ -36,14 +36,10 @@ import ray
 
 from scope_ray.algo import AlgorithmSpec
 from scope_ray.controller.groups import attach_teacher, teacher_requests
-from scope_ray.errors import first_line
+from scope_ray.errors import RemoteCallError, first_line
 from scope_ray.types import GenerationRequest, Rollout, RolloutGroup, ScoreRequest
 
 logger = logging.getLogger(__name__)
-
-
-class RemoteCallError(RuntimeError):
-    """A remote call failed or timed out; the message names the actor and the call."""
 
 
 @dataclass

@@ -39,21 +39,10 @@ from scope_ray.controller.evaluation_loop import evaluate_with_workers
 from scope_ray.controller.groups import WeightedBatch, batch_metrics, weigh_groups
 from scope_ray.controller.run_logger import RunLogger
 from scope_ray.controller.stop_signal import StopRequest
-from scope_ray.controller.stream import PromptItem, RemoteCallError, StepStream, Verifier
-from scope_ray.errors import first_line
+from scope_ray.controller.stream import PromptItem, StepStream, Verifier
+from scope_ray.errors import LearnerFailure, RemoteCallError, TrainingStopped, first_line
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped on purpose (e.g. repeated non-finite steps, a learner failure);
-    the message names the cause and the last checkpoint, which is intact."""
-
-
-def _is_learner_failure(exc: BaseException) -> bool:
-    from actors.learner import LearnerFailure
-
-    return isinstance(exc, LearnerFailure)
 
 
 @dataclass
@@ -268,8 +257,6 @@ class Trainer:
 
     def _train_in_background(self, batch, next_stream: StepStream | None) -> tuple[dict[str, float], float]:
         """Run the learner step in a thread while pumping the next step's stream."""
-        from actors.learner import LearnerFailure
-
         t0 = time.perf_counter()
         limit = self.cfg.trainer.train_timeout_s
         fut = self._executor.submit(self.parts.learner.train_step, batch, timeout_s=limit)
@@ -425,7 +412,7 @@ class Trainer:
                 summary.start_eval = self.evaluate()
                 self.log.log(0, summary.start_eval)
         except Exception as exc:
-            if not (isinstance(exc, RemoteCallError) or _is_learner_failure(exc)):
+            if not isinstance(exc, (RemoteCallError, LearnerFailure)):
                 raise
             raise self._stopped(f"before step {self.step + 1}", exc) from exc
         while True:
@@ -437,7 +424,7 @@ class Trainer:
                 # restarts, or hung past its timeout).
                 raise self._stopped(f"step {self.step + 1}", exc) from exc
             except Exception as exc:
-                if not _is_learner_failure(exc):
+                if not isinstance(exc, LearnerFailure):
                     raise
                 self._on_learner_failure(exc)
         self._check_pending_sync()
