@@ -121,7 +121,8 @@ def test_grpo_without_teacher_uses_reference_and_recomputed_old_logp(ray_session
     assert rows[1]["reference/kl"] > 1e3 * max(rows[0]["reference/kl"], 1e-9)
 
 
-STALE = ["trainer.max_staleness=1", "trainer.eval_at_end=false"]
+# Every step's checkpoint kept: the resume test below continues from step 1's.
+STALE = ["trainer.max_staleness=1", "trainer.eval_at_end=false", "trainer.keep_checkpoints=3"]
 
 
 @pytest.fixture(scope="module")
@@ -153,29 +154,30 @@ def test_recompute_keeps_the_lag_correction_at_staleness_1(stale_runs):
 
 @pytest.mark.parametrize("mode", ["rollout", "recompute"])
 def test_staleness_1_resume_equals_uninterrupted(ray_session, tiny_bootstrap, stale_runs, tmp_path, mode):
-    """Stopped after step 1 while step 2's groups were already generated (by the step-0
-    weights): the checkpoint keeps those groups (and, under recompute, their old
-    log-probs), so the resumed steps 2-3 equal the uninterrupted run's. Drawing them
-    again would generate them with the step-1 weights instead."""
-    from faults_support import run_trainer
+    """Resumed from step 1's checkpoint, taken while step 2's groups were already
+    generated (by the step-0 weights): the checkpoint keeps those groups (and, under
+    recompute, their old log-probs), so steps 2-3 equal the uninterrupted run's. Drawing
+    them again would generate them with the step-1 weights instead. (The run that wrote
+    the checkpoint is the uninterrupted one itself: a copy of its directory with the
+    later checkpoints taken away is a run stopped after step 1. A stop by signal is
+    tested end to end in tests/test_faults_driver.py.)"""
+    import shutil
+
     from scope_ray.controller import prefetch
-    from scope_ray.controller.trainer import TrainingStopped
 
-    def stop_after_step_1(trainer, step, metrics):
-        if step == 1:
-            trainer.stop_request.signal = "SIGTERM"  # what the driver's signal handler sets
-
-    cfg = _cfg(tiny_bootstrap, tmp_path, 3, [*STALE, f"learner.old_logp={mode}"])
-    with pytest.raises(TrainingStopped, match="SIGTERM received: stopped after step 1 of 3"):
-        run_trainer(cfg, tmp_path, stop_after_step_1)
+    shutil.copytree(stale_runs[mode], tmp_path, dirs_exist_ok=True)
+    for later in ("step_000002", "step_000003"):
+        shutil.rmtree(ckpt.checkpoints_dir(tmp_path) / later)
     ref = ckpt.latest_valid(tmp_path)
     assert ref is not None and ref.step == 1 and (ref.path / prefetch.META).is_file()
+    cfg = _cfg(tiny_bootstrap, tmp_path, 3, [*STALE, f"learner.old_logp={mode}"])
     run_training(cfg, tmp_path, ref, show_progress=False)
 
     keys = ("step", "rollout/tokens", "branch/correct_size", "rollout/staleness_max", "learner/loss",
             "learner/grad_norm", "learner/logp_gap", "learner/rho_mean")
     got = [[r[k] for k in keys] for r in _rows(tmp_path) if "learner/loss" in r]
     want = [[r[k] for k in keys] for r in _rows(stale_runs[mode]) if "learner/loss" in r]
+    assert [g[0] for g in got] == [1, 2, 3]
     assert [g[:4] for g in got] == [w[:4] for w in want]
     for g, w in zip(got, want):
         assert g[4:] == pytest.approx(w[4:], rel=1e-5, abs=1e-7), g[0]

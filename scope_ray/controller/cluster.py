@@ -120,8 +120,10 @@ def _engine_options(cfg: RunConfig, model_dir: str) -> EngineOptions:
     )
 
 
-def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) -> Components:
-    """Start every actor and wait until all are ready (errors name the actor)."""
+def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any, train_items: list[Any],
+          eval_items: list[Any]) -> Components:
+    """Start every actor and wait until all are ready (errors name the actor); the
+    whole set of what the trainer drives, data included."""
     import ray
 
     from actors.learner import LearnerGroup, LearnerOptions
@@ -190,10 +192,13 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any) ->
     def verify(texts: list[str], truths: list[str]) -> list[Any]:
         return verify_batch(texts, truths)
 
+    from scope_ray.data import PromptSampler
+
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return Components(
         rollout_workers=workers, teachers=teachers, learner=learner, verify=verify, pad_id=int(pad_id),
-        train_sampler=None, eval_items=[], make_learner=make_learner,
+        train_sampler=PromptSampler(train_items, seed=cfg.trainer.seed), eval_items=list(eval_items),
+        make_learner=make_learner,
     )
 
 

@@ -126,7 +126,6 @@ def start_components(cfg: RunConfig) -> Components:
     from transformers import AutoTokenizer
 
     from scope_ray.controller import cluster
-    from scope_ray.data import PromptSampler
 
     inputs = resolve_inputs(cfg)
     check_models(inputs, cfg)
@@ -137,10 +136,7 @@ def start_components(cfg: RunConfig) -> Components:
     from scope_ray.planning import check_live
 
     check_live(cfg)  # a layout the cluster can never hold fails here, not after train_timeout_s
-    parts = cluster.build(cfg, inputs.student_dir, inputs.teacher_dir, tokenizer)
-    parts.train_sampler = PromptSampler(train_items, seed=cfg.trainer.seed)
-    parts.eval_items = eval_items
-    return parts
+    return cluster.build(cfg, inputs.student_dir, inputs.teacher_dir, tokenizer, train_items, eval_items)
 
 
 def run_training(cfg: RunConfig, run_dir: Path, resume_from: ckpt.CheckpointRef | None, *, show_progress: bool = True) -> RunSummary:

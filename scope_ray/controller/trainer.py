@@ -10,8 +10,8 @@ scoring of step s+1 overlap the gradient step of step s (its rollouts are then o
 policy version old; rho corrects for it).
 
 Faults (docs/RELIABILITY.md): a restarted rollout worker gets the latest weights
-(:meth:`Trainer.recover_rollout_worker`, kept as one object-store ref) before its
-prompts are re-issued; a learner failure stops the run naming the call and the last
+(:mod:`scope_ray.controller.rollout_weights`, kept as one object-store ref) before
+its prompts are re-issued; a learner failure stops the run naming the call and the last
 checkpoint, or (``trainer.on_learner_failure: restore``) rebuilds the learner group
 from that checkpoint and carries on.
 """
@@ -37,10 +37,11 @@ from scope_ray.controller import checkpoint as ckpt
 from scope_ray.controller import prefetch
 from scope_ray.controller.evaluation_loop import evaluate_with_workers
 from scope_ray.controller.groups import WeightedBatch, batch_metrics, weigh_groups
+from scope_ray.controller.rollout_weights import RolloutWeights
 from scope_ray.controller.run_logger import RunLogger
 from scope_ray.controller.stop_signal import StopRequest
 from scope_ray.controller.stream import PromptItem, StepStream, Verifier
-from scope_ray.errors import LearnerFailure, RemoteCallError, TrainingStopped, first_line
+from scope_ray.errors import LearnerFailure, RemoteCallError, TrainingStopped
 
 logger = logging.getLogger(__name__)
 
@@ -104,17 +105,13 @@ class Trainer:
         self.resume_from = resume_from
         self.log = RunLogger(run_dir, resume_step=resume_from.step if resume_from else None)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-call")
-        self._pending_sync: list[ray.ObjectRef] = []
         # Old log-probs of the prefetched step read from a checkpoint (old_logp: recompute):
         # used for that one step in place of a recompute.
         self._stored_old_logp: torch.Tensor | None = None
         self._resumed_step: prefetch.StoredStep | None = None  # its groups, for the first step
-        # The latest weights pushed to the rollout workers (None: still the initial
-        # model), kept so a restarted worker can be brought up to date.
-        self._latest_blobs: ray.ObjectRef | None = None
-        self._latest_version = 0  # the version those weights carry
+        # What the rollout workers hold, and how a restarted one is brought up to date.
+        self.weights = RolloutWeights(lambda: self.parts.rollout_workers, lambda: self.cfg.trainer)
         self._dead_teachers: set[int] = set()
-        self.rollout_recoveries = 0  # weight re-syncs of restarted rollout workers
         self.learner_restores = 0
         # Set by SIGTERM / SIGINT on the driver (stop_signal.py); checked after each step.
         self.stop_request = stop_request or StopRequest()
@@ -143,85 +140,19 @@ class Trainer:
         return self._new_stream().start(self._next_items(), seed=self.cfg.trainer.seed)
 
     def sync_weights(self, wait: bool = True) -> float:
-        """Push the learner's weights to every rollout worker.
-
-        Ray runs an actor's calls in submission order, so generation submitted after this
-        sees the new weights even when we do not wait. Under ``max_staleness = 1`` we do
-        not wait (the workers are busy with the next step); the calls are checked at the
-        next sync instead, so a failure still surfaces with the worker's name.
-        """
+        """Push the learner's weights to every rollout worker (rollout_weights.py); under
+        ``max_staleness = 1`` without waiting (checked at the next sync)."""
         t0 = time.perf_counter()
-        self._check_pending_sync()
-        # The buckets go from the learner's object store to the workers, not via the driver
-        # (at 100M parameters this took 0.52-0.62x the time of fetching and re-putting them).
-        self._latest_blobs = self.parts.learner.publish_weights(self.cfg.rollout.weight_bucket_mb,
-                                                                timeout_s=self.cfg.trainer.sync_timeout_s)
-        self._latest_version = self.version
-        self._pending_sync = [w.update_weights.remote(self._latest_blobs, self.version)
-                              for w in self.parts.rollout_workers]
-        if wait:
-            self._check_pending_sync()
+        self.weights.push(self.parts.learner, self.version, self.cfg.rollout.weight_bucket_mb, wait)
         return time.perf_counter() - t0
 
-    def _check_pending_sync(self) -> None:
-        timeout = self.cfg.trainer.sync_timeout_s
-        pending, self._pending_sync = self._pending_sync, []
-        for i, ref in enumerate(pending):
-            try:
-                ray.get(ref, timeout=timeout)
-            except ray.exceptions.GetTimeoutError as exc:
-                raise RemoteCallError(f"rollout worker {i}: update_weights() did not return within {timeout:.0f} s") from exc
-            except ray.exceptions.RayActorError as exc:
-                # Died while loading: Ray restarts it from the initial model; catch it up.
-                logger.warning("rollout worker %d died during update_weights(): %s", i, first_line(exc))
-                self.recover_rollout_worker(i)
-            except Exception as exc:  # noqa: BLE001 - named and re-raised
-                raise RemoteCallError(f"rollout worker {i}: update_weights() failed: {first_line(exc)}") from exc
-
     def recover_rollout_worker(self, i: int) -> int:
-        """Wait for rollout worker ``i`` to be up (Ray restarts a dead one), give it the
-        current weights if it lacks them, and return the policy version it holds.
+        """Rollout worker ``i`` up and on the newest weights; the version it holds."""
+        return self.weights.recover(i)
 
-        A restarted worker loads the initial model dir, i.e. version 0; it must not
-        generate again before it has the weights the learner has moved on to.
-        """
-        t = self.cfg.trainer
-        w = self.parts.rollout_workers[i]
-        t0 = time.perf_counter()
-        held = self._wait_until_up(i, t.generate_timeout_s)
-        # The newest weights sent out, with the version they carry (during a sync,
-        # self.version is already one ahead of them; the sync itself catches up).
-        if held == self._latest_version:
-            return held
-        if self._latest_blobs is None:
-            raise RemoteCallError(f"rollout worker {i} holds policy version {held}, the trainer {self.version}, "
-                                  "and there are no weights to send it")
-        try:
-            ray.get(w.update_weights.remote(self._latest_blobs, self._latest_version), timeout=t.sync_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - named and re-raised
-            raise RemoteCallError(f"rollout worker {i}: update_weights() after a restart failed: {first_line(exc)}") from exc
-        self.rollout_recoveries += 1
-        logger.warning("rollout worker %d restarted; gave it the current weights (policy version %d) after %.1f s",
-                       i, self._latest_version, time.perf_counter() - t0)
-        return self._latest_version
-
-    def _wait_until_up(self, i: int, limit: float) -> int:
-        """Rollout worker ``i``'s policy version once it answers; a restarting actor
-        refuses calls ("unavailable") until its __init__ is done, a dead one for good."""
-        w = self.parts.rollout_workers[i]
-        deadline = time.monotonic() + limit
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                return int(ray.get(w.version.remote(), timeout=max(remaining, 0.1)))
-            except ray.exceptions.GetTimeoutError as exc:
-                raise RemoteCallError(f"rollout worker {i}: not back within {limit:.0f} s") from exc
-            except ray.exceptions.ActorUnavailableError as exc:
-                if remaining <= 0:
-                    raise RemoteCallError(f"rollout worker {i}: not back within {limit:.0f} s") from exc
-                time.sleep(0.5)
-            except ray.exceptions.RayActorError as exc:
-                raise RemoteCallError(f"rollout worker {i}: dead and not restarted ({first_line(exc)})") from exc
+    @property
+    def rollout_recoveries(self) -> int:
+        return self.weights.recoveries
 
     def evaluate(self) -> dict[str, float]:
         t = self.cfg.trainer
@@ -427,7 +358,7 @@ class Trainer:
                 if not isinstance(exc, LearnerFailure):
                     raise
                 self._on_learner_failure(exc)
-        self._check_pending_sync()
+        self.weights.check_pending()
         summary.steps = self.step
         summary.seconds = time.perf_counter() - started
         self.log.close()
