@@ -108,7 +108,7 @@ def _measure(device: torch.device, steps: int, fn, cpu_memory: bool = False) -> 
 
 def learner(device: torch.device, dtype: torch.dtype, tokens: int, steps: int, size: str) -> dict[str, Any]:
     from scope_ray.modeling import token_logprobs
-    from scope_ray.planning.demands import _logprob_chunk_bytes
+    from scope_ray.planning.demands import logprob_chunk_bytes
 
     shape = _shape("DeepSeek-R1-Distill-Qwen-1.5B", size)
     model = _model(shape, device, dtype)
@@ -126,7 +126,7 @@ def learner(device: torch.device, dtype: torch.dtype, tokens: int, steps: int, s
     b = torch.finfo(dtype).bits // 8
     estimate = {"gradients": shape.params * b / GIB,
                 "activations": (tokens * shape.hidden * b * shape.layers + tokens * shape.layer_working_set_bytes(b)) / GIB,
-                "log-prob chunk": _logprob_chunk_bytes(shape, tokens) / GIB}
+                "log-prob chunk": logprob_chunk_bytes(shape, tokens) / GIB}
     flops_per_token = 6 * shape.params + 6 * shape.layers * shape.heads * shape.dim * seq  # causal attention
     peak_flops = _peak_flops(device)
     out = {"params_b": round(shape.params / 1e9, 3), "tokens": tokens, "step_s": sec, "tokens_per_s": tokens / sec,
@@ -140,7 +140,7 @@ def learner(device: torch.device, dtype: torch.dtype, tokens: int, steps: int, s
 
 def teacher(device: torch.device, dtype: torch.dtype, tokens: int, steps: int, size: str) -> dict[str, Any]:
     from scope_ray.modeling import token_logprobs
-    from scope_ray.planning.demands import _logprob_chunk_bytes
+    from scope_ray.planning.demands import logprob_chunk_bytes
 
     shape = _shape("Skywork-OR1-7B", size)
     model = _model(shape, device, dtype).eval()
@@ -156,7 +156,7 @@ def teacher(device: torch.device, dtype: torch.dtype, tokens: int, steps: int, s
     sec, peak = _measure(device, steps, score)
     b = torch.finfo(dtype).bits // 8
     estimate = {"one layer's working set": tokens * shape.layer_working_set_bytes(b) / GIB,
-                "log-prob chunk": _logprob_chunk_bytes(shape, tokens, backward=False) / GIB}
+                "log-prob chunk": logprob_chunk_bytes(shape, tokens, backward=False) / GIB}
     out = {"params_b": round(shape.params / 1e9, 3), "tokens": rows * seq, "step_s": sec,
            "tokens_per_s": rows * seq / sec, "peak_over_weights_gib": peak,
            "planner_estimate_gib": round(sum(estimate.values()), 2)}

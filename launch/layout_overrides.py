@@ -18,10 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scope_ray.config import overlay_overrides  # noqa: E402
 
 
-def layout_overrides(path: str | Path) -> list[str]:
-    return overlay_overrides(path)
-
-
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: layout_overrides.py LAYOUT.yaml", file=sys.stderr)

@@ -7,13 +7,12 @@ The model and data paths exist only on a cluster, so recipes load with check_pat
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scope_ray.config import RunConfig, load_config
+from scope_ray.config import RunConfig, load_config, overlay_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "launch" / "configs"
@@ -22,16 +21,8 @@ PAIRS = ("r1distill1.5b-skywork7b", "qwen3-1.7b-base-qwen3-8b")
 BENCHMARKS = ("aime24", "aime25", "amc23")  # in-training monitoring subset
 
 
-def _layout_module():
-    spec = importlib.util.spec_from_file_location("layout_overrides", ROOT / "launch" / "layout_overrides.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _load(name: str, layout: str | None = None) -> RunConfig:
-    overrides = _layout_module().layout_overrides(LAYOUTS / layout) if layout else []
+    overrides = overlay_overrides(LAYOUTS / layout) if layout else []
     return load_config(CONFIGS / name, overrides, check_paths=False)
 
 
@@ -190,10 +181,16 @@ def test_gpu_recipes_give_each_engine_its_whole_share_of_a_step_at_once(recipe: 
 
 
 def test_layout_overrides_are_single_shell_words() -> None:
-    mod = _layout_module()
+    """What launch/ray_job/submit.sh reads: the script's output, one shell word a line."""
+    import subprocess
+    import sys
+
     for layout in LAYOUTS.glob("*.yaml"):
-        lines = mod.layout_overrides(layout)
-        assert lines and all(" " not in line and "=" in line for line in lines), layout
+        out = subprocess.run([sys.executable, str(ROOT / "launch" / "layout_overrides.py"), str(layout)],
+                             capture_output=True, text=True, timeout=60, cwd="/")
+        lines = out.stdout.splitlines()
+        assert out.returncode == 0 and lines == overlay_overrides(layout), (layout, out.stderr[-1000:])
+        assert all(" " not in line and "=" in line for line in lines), layout
 
 
 def test_tiny_recipe_stays_the_embedded_default() -> None:

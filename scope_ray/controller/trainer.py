@@ -105,8 +105,8 @@ class Trainer:
         self.resume_from = resume_from
         self.log = RunLogger(run_dir, resume_step=resume_from.step if resume_from else None)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-call")
-        # Old log-probs of the prefetched step read from a checkpoint (old_logp: recompute):
-        # used for that one step in place of a recompute.
+        # Old log-probs of the prefetched step, computed for (or read from) a checkpoint
+        # (old_logp: recompute): used for that one step in place of a recompute.
         self._stored_old_logp: torch.Tensor | None = None
         self._resumed_step: prefetch.StoredStep | None = None  # its groups, for the first step
         # What the rollout workers hold, and how a restarted one is brought up to date.
@@ -246,6 +246,8 @@ class Trainer:
                 # Their sampling weights are the learner's previous ones, not in the checkpoint.
                 wb = self._weigh(groups)
                 old_logp = self._recomputed_old_logp(self._train_batch(wb), wb)
+                # The next step would compute the same (same groups, same learner): keep it.
+                self._stored_old_logp = old_logp
             prefetch.save(staged, groups, old_logp)
         return ckpt.commit(self.run_dir, staged, self.step, self._controller_state(),
                            self.cfg.trainer.keep_checkpoints)
@@ -321,11 +323,11 @@ class Trainer:
         when = f"at step {self.step + 1}" if during_step else f"after step {self.step}"
         raise TrainingStopped(f"learner failed {when}: {exc}. Stopped{why}; {where}{hint}") from exc
 
-    def _stop_on_request(self, already_saved: bool, prefetched: StepStream | None) -> None:
-        """A stop signal arrived during this step: checkpoint it (even with
-        ``save_every: 0``, so nothing trained is lost) and stop with the resume command."""
-        ref = ckpt.latest_valid(self.run_dir, set_aside=False) if already_saved else self.save_checkpoint(prefetched)
-        assert ref is not None
+    def _stop_on_request(self, saved: ckpt.CheckpointRef | None, prefetched: StepStream | None) -> None:
+        """A stop signal arrived during this step: checkpoint it (unless ``saved`` already
+        is; even with ``save_every: 0``, so nothing trained is lost) and stop with the
+        resume command."""
+        ref = saved or self.save_checkpoint(prefetched)
         raise TrainingStopped(f"{self.stop_request.signal} received: stopped after step {self.step} of "
                               f"{self.cfg.trainer.total_steps}; saved checkpoint: {ref.path}; "
                               f"continue with: scope-ray train --resume {self.run_dir}")
@@ -425,11 +427,11 @@ class Trainer:
                     f"stopping. Last checkpoint: {last.path if last else 'none'} "
                     "(intact: skipped steps leave the weights unchanged)"
                 )
-            saved = t.save_every > 0 and (self.step % t.save_every == 0 or self.step == t.total_steps)
-            if saved:
-                self.save_checkpoint(prefetched=next_stream)
+            saved = None
+            if t.save_every > 0 and (self.step % t.save_every == 0 or self.step == t.total_steps):
+                saved = self.save_checkpoint(prefetched=next_stream)
             if self.stop_request.signal is not None and self.step < t.total_steps:
-                self._stop_on_request(already_saved=saved, prefetched=next_stream)
+                self._stop_on_request(saved, prefetched=next_stream)
             stream = next_stream if next_stream is not None else (
                 self._start_stream() if self.step < t.total_steps else None
             )

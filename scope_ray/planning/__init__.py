@@ -35,12 +35,12 @@ def format_plan(placed: list[Placed], sources: list[str]) -> str:
         node = p.node.name if p.node else "-"
         gib = f"{p.footprint_gib():.1f}" if d.gpus > 0 and (d.parts or d.memory_gib) else "-"
         rows.append(f"{d.name:<22} {node:<16} {d.gpus:>5g} {gib:>8}  {p.problem or 'ok'}")
-    worst = {}
+    first_of_kind: dict[str, Placed] = {}  # "learner rank" -> rank 0: the parts are the same
     for p in placed:
         key = p.demand.name.rsplit(" ", 1)[0]
-        if p.demand.parts and key not in worst:
-            worst[key] = p
-    for key, p in worst.items():
+        if p.demand.parts and key not in first_of_kind:
+            first_of_kind[key] = p
+    for key, p in first_of_kind.items():
         parts = ", ".join(f"{k} {v:.1f}" for k, v in p.demand.parts.items())
         rows.append(f"  {key}: {parts} (GiB per GPU)")
     rows.append("model shapes: " + "; ".join(sources))

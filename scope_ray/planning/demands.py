@@ -73,12 +73,12 @@ def learner_memory(cfg: Any, shape: ModelShape) -> dict[str, float]:
     layer_set = tokens * shape.layer_working_set_bytes(b)
     parts["activations"] = (tokens * shape.hidden * b * shape.layers + layer_set if lr.gradient_checkpointing
                             else layer_set * shape.layers)
-    parts["log-prob chunk"] = _logprob_chunk_bytes(shape, tokens)
+    parts["log-prob chunk"] = logprob_chunk_bytes(shape, tokens)
     parts["CUDA context"] = CUDA_CONTEXT_GIB * GIB
     return {k: v / GIB for k, v in parts.items()}
 
 
-def _logprob_chunk_bytes(shape: ModelShape, tokens: int, backward: bool = True) -> float:
+def logprob_chunk_bytes(shape: ModelShape, tokens: int, backward: bool = True) -> float:
     """One chunk of fp32 logits and what lives beside it: the log-softmax (scoring), and
     in backward their recomputation and both gradients (~5 fp32 copies: measured 1.4 GiB
     for one 2^26-element chunk on CPU, launch/gpu_check.py --small)."""
@@ -99,7 +99,7 @@ def vllm_memory(shape: ModelShape, max_model_len: int, tp: int, dtype: str) -> t
 def hf_teacher_memory(cfg: Any, shape: ModelShape) -> dict[str, float]:
     b, tokens = _bytes_per_param(cfg.model.dtype), cfg.teacher.max_batch_tokens
     parts = {"weights": shape.params * b, "one layer's working set": tokens * shape.layer_working_set_bytes(b),
-             "log-prob chunk": _logprob_chunk_bytes(shape, tokens, backward=False), "CUDA context": CUDA_CONTEXT_GIB * GIB}
+             "log-prob chunk": logprob_chunk_bytes(shape, tokens, backward=False), "CUDA context": CUDA_CONTEXT_GIB * GIB}
     return {k: v / GIB for k, v in parts.items()}
 
 
