@@ -84,6 +84,22 @@ class LearnerWorker:
         blobs = pack_state_dict(state, bucket_mb)
         return [ray.put(blobs)] if as_ref else blobs
 
+    def host_weight_group(self, world_size: int, timeout_s: float) -> tuple[str, int, str]:
+        """Rank 0: open the weight-broadcast group's store; its address and backend (gloo,
+        or nccl when this rank's weights are on a GPU) for the engines."""
+        host = ray.util.get_node_ip_address()
+        port, backend = self.core.host_weight_group(host, world_size, timeout_s)
+        return host, port, backend
+
+    def connect_weight_group(self) -> None:
+        self.core.connect_weight_group()
+
+    def close_weight_group(self) -> None:
+        self.core.close_weight_group()
+
+    def broadcast_weights(self, bucket_mb: float) -> dict[str, Any] | None:
+        return self.core.broadcast_weights(bucket_mb)
+
     def save_hf(self, out_dir: str) -> str | None:
         return self.core.save_hf(out_dir)
 
@@ -228,6 +244,30 @@ class LearnerGroup:
         straight from the learner's node (the driver sees only the ref)."""
         return self._get_all([w.export_weights.remote(bucket_mb, as_ref=True) for w in self.workers],
                              "export_weights", timeout_s)[0][0]
+
+    # rollout.weight_sync: broadcast. Rank 0 hosts and sends; under ZeRO-3 every rank
+    # takes part in the gathers (broadcast_weights), so the call goes to all of them.
+    def host_weight_group(self, world_size: int, *, timeout_s: float | None = None) -> tuple[str, int, str]:
+        return self._get(self.workers[0].host_weight_group.remote(world_size, timeout_s or 300.0),
+                         "host_weight_group", timeout_s)
+
+    def connect_weight_group(self) -> ray.ObjectRef:
+        """Rank 0's connect, not awaited: it returns once the engines have joined."""
+        return self.workers[0].connect_weight_group.remote()
+
+    def await_call(self, ref: ray.ObjectRef, call: str, *, timeout_s: float | None = None) -> Any:
+        """A rank-0 call started without waiting (connect_weight_group), as a LearnerFailure
+        when it fails or hangs."""
+        return self._get(ref, call, timeout_s)
+
+    def close_weight_group(self, *, timeout_s: float | None = None) -> None:
+        self._get(self.workers[0].close_weight_group.remote(), "close_weight_group", timeout_s)
+
+    def broadcast_weights(self, bucket_mb: float, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """Rank 0's report: bytes/tensors/seconds sent, or ``{"error": ...}`` when the
+        broadcast itself failed (a receiver died or hung: not a learner failure)."""
+        return self._get_all([w.broadcast_weights.remote(bucket_mb) for w in self.workers], "broadcast_weights",
+                             timeout_s)[0]
 
     def save_hf(self, out_dir: str, *, timeout_s: float | None = None) -> str:
         return self._get_all([w.save_hf.remote(str(out_dir)) for w in self.workers], "save_hf", timeout_s)[0]

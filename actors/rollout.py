@@ -69,6 +69,7 @@ class RolloutWorker:
         self.engine_opts = engine
         self.sampling = SamplingConfig.coerce(sampling)
         self._version = 0
+        self._weight_group: str | None = None  # rollout.weight_sync: broadcast
         self._calls = 0  # requests served: the seed counter for unseeded requests
         t0 = time.perf_counter()
         self.llm = create_llm(engine)
@@ -195,15 +196,38 @@ class RolloutWorker:
         logger.info("worker %d: weights v%d (%d tensors) in %.2fs", self.worker_index, version, counts[0], time.perf_counter() - t0)
         return counts[0]
 
-    # ---- GPU path: NCCL broadcast from the learner (untested here: no GPU) ----
+    # ---- rollout.weight_sync: broadcast (scope_ray/engines/weight_broadcast.py) ----
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                          timeout_s: float) -> str:
+        """Join the learner's broadcast group (blocks until every rank has); returns the
+        group's id, which :meth:`weight_group` reports from then on."""
+        self._weight_group = None
+        local = ray.util.get_node_ip_address()
+        self.llm.collective_rpc("join_weight_group", args=(host, port, rank_offset, world_size, backend, timeout_s, local))
+        self._weight_group = f"{host}:{port}"
+        return self._weight_group
 
-    def init_weight_update_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        self.llm.collective_rpc("init_weight_update_group", args=(master_address, master_port, rank_offset, world_size))
+    def weight_group(self) -> str | None:
+        """The broadcast group this worker is in (None: none, e.g. after a restart)."""
+        return self._weight_group
 
-    def update_weights_nccl(self, names: list[str], dtypes: list[str], shapes: list[list[int]], version: int) -> int:
-        counts = self.llm.collective_rpc("update_weights_nccl", args=(names, dtypes, shapes))
+    def receive_weights(self, version: int) -> int:
+        """Receive one full update from the learner's broadcast and tag later rollouts
+        ``version``."""
+        t0 = time.perf_counter()
+        try:
+            counts = self.llm.collective_rpc("receive_weights_broadcast")
+        except BaseException:
+            self.leave_weight_group()  # the group is out of step: it is rebuilt before the next update
+            raise
         self._after_update(version)
+        logger.info("worker %d: weights v%d (%d tensors, broadcast) in %.2fs", self.worker_index, version, counts[0],
+                    time.perf_counter() - t0)
         return counts[0]
+
+    def leave_weight_group(self) -> None:
+        self._weight_group = None
+        self.llm.collective_rpc("leave_weight_group")
 
     def _after_update(self, version: int) -> None:
         # Cached prefix KV blocks were computed by the old weights; reusing them would

@@ -19,7 +19,11 @@ syncs. Reported: seconds per sync (and its parts), bytes and bytes/s, and sync /
 step time (target for the tiny recipe: <= 5%), from the standalone syncs and from the
 trainer's own ``time/sync_s`` inside the recipe run. Each sync is paired (alternating
 order) with the path the trainer used before: the buckets come back to the driver, which
-``ray.put``s them again (``path/via driver`` is the trainer path's time over that one's).
+``ray.put``s them again (``path/via driver`` is the trainer path's time over that one's),
+and with ``rollout.weight_sync: broadcast`` (rank 0 broadcasts buckets over gloo straight
+into the engines; ``broadcast/safetensors`` is its time over the safetensors path's in the
+same repetition). On CPU both move the same bytes through memory; the broadcast's gain
+on GPUs (no device-to-host copy, no object store) is not measured here.
 """
 
 from __future__ import annotations
@@ -134,6 +138,24 @@ def time_sync_via_driver(learner: Any, workers: list[Any], bucket_mb: int, versi
     return {"total_s": time.perf_counter() - t0}
 
 
+class BroadcastSync:
+    """The trainer's broadcast path (controller/rollout_weights.py) on given actors."""
+
+    def __init__(self, learner: Any, workers: list[Any], bucket_mb: int) -> None:
+        from types import SimpleNamespace
+
+        from scope_ray.controller.rollout_weights import RolloutWeights
+
+        timeouts = SimpleNamespace(sync_timeout_s=1200.0, generate_timeout_s=1200.0)
+        self.weights = RolloutWeights(lambda: workers, lambda: learner, lambda: timeouts, mode="broadcast",
+                                      bucket_mb=bucket_mb)
+
+    def time(self, version: int) -> float:
+        t0 = time.perf_counter()
+        self.weights.push(version, wait=True)
+        return time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
@@ -146,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = Cluster(inputs, RECIPE, args.work_dir / "weight_sync", num_cpus=args.num_cpus)
     big = None
     trials, syncs = [], []
+    broadcasts: dict[str, BroadcastSync] = {}
     try:
         if not args.no_big:
             big = BigSide(big_dir, inputs)
@@ -156,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             learner, workers = (cluster.parts.learner, cluster.parts.rollout_workers) if side is None else \
                 (side.learner, side.workers)
             time_sync(learner, workers, args.bucket_mb, 999)  # warm-up
+            broadcasts[name] = BroadcastSync(learner, workers, args.bucket_mb)
+            broadcasts[name].time(999)  # warm-up, and the group is made
         for rep in range(args.reps):
             logger.info("rep %d  %s", rep, load_line("now"))
             t = cluster.trial("tiny_recipe", [f"trainer.total_steps={args.recipe_steps}"])
@@ -175,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                         row = time_sync(learner, workers, args.bucket_mb, version)
                         old = time_sync_via_driver(learner, workers, args.bucket_mb, version)["total_s"]
                     row["via_driver_total_s"] = old
+                    row["broadcast_total_s"] = broadcasts[name].time(version)
                     syncs.append({"rep": rep, "model": name, **row, "load1": machine_info()["loadavg"][0]})
     finally:
         attach_spans(trials)
@@ -219,6 +245,8 @@ def summarize(summaries: list[dict[str, Any]], syncs: list[dict[str, Any]], reps
             "bytes_per_s": median([r["bytes_per_s"] for r in rows]),
             "via_driver_total_s": median([r["via_driver_total_s"] for r in rows]),
             "path_over_via_driver": median([r["total_s"] / r["via_driver_total_s"] for r in rows]),
+            "broadcast_total_s": median([r["broadcast_total_s"] for r in rows]),
+            "broadcast_over_safetensors": median([r["broadcast_total_s"] / r["total_s"] for r in rows]),
             "share_of_recipe_step": median(share), "share_per_rep": share,
         }
     return out
@@ -228,14 +256,16 @@ def print_table(r: dict[str, Any], info: dict[str, Any], info_after: dict[str, A
     print(f"\nweight sync (publish on the learner -> load on the workers, medians); {info['cpus']} CPUs, load "
           f"{info['loadavg']} -> {info_after['loadavg']}")
     print(f"{'model':<6} {'params':>11} {'MB':>7} {'buckets':>7} {'total s':>8} {'export':>7} "
-          f"{'load':>6} {'MB/s':>7} {'/ recipe step':>13} {'path/via driver':>15}")
+          f"{'load':>6} {'MB/s':>7} {'/ recipe step':>13} {'path/via driver':>15} {'broadcast s':>11} "
+          f"{'broadcast/safetensors':>21}")
     for name in ("tiny", "100m"):
         if name not in r:
             continue
         m = r[name]
         print(f"{name:<6} {m['params'] or 0:11,d} {m['bytes'] / 1e6:7.1f} {m['buckets']:7d} {m['total_s']:8.3f} "
               f"{m['export_s']:7.3f} {m['load_s']:6.3f} {m['bytes_per_s'] / 1e6:7.1f} "
-              f"{m['share_of_recipe_step']:13.1%} {m['path_over_via_driver']:15.2f}")
+              f"{m['share_of_recipe_step']:13.1%} {m['path_over_via_driver']:15.2f} {m['broadcast_total_s']:11.3f} "
+              f"{m['broadcast_over_safetensors']:21.2f}")
     print(f"tiny recipe: {r['recipe_step_s']:.2f} s/step ({r['recipe_rollout_tokens']:.0f} rollout tokens, accuracy "
           f"{r['recipe_accuracy']:.2f}); in-run sync: logged time/sync_s {r['recipe_logged_sync_s']:.3f} s = "
           f"{r['recipe_logged_sync_share']:.1%} of time/step_s, actor-side {r['recipe_actor_sync_share']:.1%}")

@@ -74,7 +74,10 @@ class RolloutConfig:
     stream_rollouts: bool = True
     num_cpus: float = 0.5
     num_gpus: float = 0.0
-    weight_sync: Literal["safetensors", "nccl"] = "safetensors"
+    # How new weights reach the workers: "safetensors" buckets through Ray's object store,
+    # or "broadcast" from the learner's rank 0 over a process group of their own (gloo
+    # on CPU, NCCL on GPU; scope_ray/engines/weight_broadcast.py).
+    weight_sync: Literal["safetensors", "broadcast"] = "safetensors"
     weight_bucket_mb: int = 256
     # Ray custom resources each worker asks for, e.g. {"rollout_node": 1} to pin the
     # workers to nodes started with --resources='{"rollout_node": 8}'.
@@ -259,11 +262,6 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(r.prompts_per_request >= 1, "rollout.prompts_per_request", "must be >= 1")
     _require(r.max_num_seqs >= 0, "rollout.max_num_seqs", "must be >= 0 (0 = the largest call)")
     _require(r.weight_bucket_mb >= 1, "rollout.weight_bucket_mb", "must be >= 1")
-    # Accepted until now but ignored: the trainer only has the safetensors path. Refused
-    # until the collective (broadcast) mode exists, rather than silently not used.
-    _require(r.weight_sync == "safetensors", "rollout.weight_sync",
-             f"{r.weight_sync!r} is not implemented yet (the trainer syncs weights as safetensors buckets through "
-             "the object store); use 'safetensors'")
     _require(t.num_replicas >= 1, "teacher.num_replicas", "must be >= 1")
     _require(t.max_batch_tokens >= 1, "teacher.max_batch_tokens", "must be >= 1")
     _require(t.max_wait_ms >= 0, "teacher.max_wait_ms", "must be >= 0")

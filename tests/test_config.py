@@ -59,7 +59,7 @@ def test_round_trip_through_yaml(tmp_path):
         ("rollout.top_k=20", "rollout.top_k: must be -1 (off) for training, got 20"),
         ("trainer.eval_top_p=0", "trainer.eval_top_p: must be in (0, 1]"),
         ("rollout.max_num_seqs=-1", "rollout.max_num_seqs: must be >= 0"),
-        ("rollout.weight_sync=nccl", "rollout.weight_sync: 'nccl' is not implemented yet"),
+        ("rollout.weight_sync=nccl", "rollout.weight_sync: must be one of ['safetensors', 'broadcast']"),
         ("learner.grad_accum_dtype=float16", "learner.grad_accum_dtype: must be one of ['float32', 'bfloat16']"),
         ("learner.grad_accum_dtype=bfloat16", "learner.grad_accum_dtype: bfloat16 needs model.dtype bfloat16"),
         ("model.dtype=bfloat16 learner.zero_stage=1",

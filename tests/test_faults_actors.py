@@ -26,8 +26,9 @@ def baseline(ray_session, tiny_bootstrap, tmp_path_factory) -> Path:
     return baseline_dir(tmp_path_factory, tiny_bootstrap)
 
 
+@pytest.mark.parametrize("weight_sync", ["safetensors", "broadcast"])
 def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_bootstrap, baseline, tmp_path,
-                                                          monkeypatch, caplog) -> None:
+                                                          monkeypatch, caplog, weight_sync) -> None:
     accepted = {"samples": 0, "killed": False}
     original = StepStream._on_generated
 
@@ -44,7 +45,10 @@ def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_boot
             accepted["killed"] = True
             ray.kill(self.workers[0], no_restart=False)
 
+    groups: dict[int, Any] = {}
+
     def kill_between_steps(trainer: Any, step: int, metrics: dict) -> None:
+        groups[step] = ray.get(trainer.parts.rollout_workers[0].weight_group.remote())
         if step == 2:
             # Killed while idle, and back (from the initial model) before step 3 starts:
             # only the policy version on its rollouts can tell.
@@ -55,7 +59,8 @@ def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_boot
 
     monkeypatch.setattr(StepStream, "_on_generated", kill_in_step_two)
     with caplog.at_level(logging.WARNING, logger="scope_ray.controller"):
-        trainer, summary = run_trainer(fault_cfg(tiny_bootstrap, tmp_path), tmp_path, kill_between_steps)
+        cfg = fault_cfg(tiny_bootstrap, tmp_path, extra=[f"rollout.weight_sync={weight_sync}"])
+        trainer, summary = run_trainer(cfg, tmp_path, kill_between_steps)
     warnings = [r.getMessage() for r in caplog.records]
     # Both ways of noticing: calls lost with the actor (step 2), and rollouts that come
     # back from the initial model (step 3: no call was lost, the version gives it away).
@@ -73,6 +78,13 @@ def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_boot
         assert r["branch/correct_size"] + r["branch/incorrect_size"] == 16
         # The learner recomputes what vLLM sampled: a worker on stale weights shows here.
         assert r["learner/logp_gap"] < 1e-3
+    if weight_sync == "broadcast":
+        # The baseline synced as safetensors: the same steps, so the same weights arrived.
+        assert all(r["learner/logp_gap"] <= 1e-5 for r in steps)
+        # Each restart left the group; the next broadcast rebuilt it with the worker in.
+        assert None not in groups.values() and len(set(groups.values())) == 3, groups
+    else:
+        assert set(groups.values()) == {None}
 
 
 def test_teacher_replicas_killed_while_scoring(ray_session, tiny_bootstrap, baseline, tmp_path,

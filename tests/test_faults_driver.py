@@ -90,8 +90,10 @@ def _listening(procs: list[psutil.Process]) -> list[tuple[str, str, int]]:
 def test_sigkilled_driver_resumes_from_last_good_checkpoint(tiny_bootstrap, tmp_path) -> None:
     run_dir = tmp_path / "run"
     out = open(tmp_path / "first.log", "w")  # noqa: SIM115 - closed below
-    first = subprocess.Popen(_cli(*_overrides(tiny_bootstrap, run_dir)), stdout=out, stderr=subprocess.STDOUT,
-                             env=_env(), start_new_session=True)
+    # Weights go by broadcast, so the learner's and the engines' broadcast group is among
+    # the sockets checked below (the default safetensors path opens none of its own).
+    first = subprocess.Popen(_cli(*_overrides(tiny_bootstrap, run_dir), "rollout.weight_sync=broadcast"),
+                             stdout=out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
     procs: list[psutil.Process] = []
     try:
         # Two checkpoints on disk, the run busy with step 3: kill it there.
@@ -111,7 +113,8 @@ def test_sigkilled_driver_resumes_from_last_good_checkpoint(tiny_bootstrap, tmp_
     assert {"raylet", "gcs_server"} <= names, f"no local Ray under the driver: {names}"
     assert not [x for x in listening if x[2] == DASHBOARD_PORT], f"dashboard serving: {listening}"
     # A local run is unreachable from the network: every socket it listens on (Ray's
-    # GCS, raylet, workers and agents, the learner's rendezvous) is on loopback.
+    # GCS, raylet, workers and agents, the learner's rendezvous, the weight-broadcast
+    # group's store and gloo pairs) is on loopback.
     assert len(listening) >= 5, f"too few listening sockets found to judge: {listening}"
     beyond = [x for x in listening if not _is_loopback(x[1])]
     assert not beyond, f"listening beyond loopback: {beyond}"

@@ -149,6 +149,43 @@ def test_hung_weight_update(parts, tiny_bootstrap, tmp_path) -> None:
     ray.get(sleep)
 
 
+def test_hung_broadcast_receiver(parts, tiny_bootstrap, tmp_path) -> None:
+    """rollout.weight_sync=broadcast: a worker that does not take part in the broadcast
+    is named within the sync timeout; once it answers again the next sync goes through
+    (nothing was sent, so the group it is in is still whole)."""
+    trainer = _trainer(tiny_bootstrap, parts, tmp_path, extra=("trainer.save_every=0", "rollout.weight_sync=broadcast"),
+                       sync_timeout_s=1.0)
+    first_group = ray.get(parts.rollout_workers[0].weight_group.remote())
+    assert first_group is not None
+    sleep = _sleep_in(parts.rollout_workers[0], 4.0)
+    t0 = time.monotonic()
+    # Asked first whether it is still in the group (a restarted worker is not), which it
+    # does not answer either.
+    with pytest.raises(RemoteCallError, match=r"rollout worker 0: weight_group\(\) did not return within 1 s"):
+        trainer.sync_weights()
+    assert time.monotonic() - t0 < 4.0
+    ray.get(sleep)
+    trainer.cfg.trainer = dataclasses.replace(trainer.cfg.trainer, sync_timeout_s=60.0)
+    trainer.sync_weights()
+    assert ray.get(parts.rollout_workers[0].weight_group.remote()) == first_group
+    assert ray.get(parts.rollout_workers[0].version.remote()) == trainer.version
+
+
+def test_broadcast_with_staleness_1_sends_held_back_pushes_before_new_work(parts, tiny_bootstrap, tmp_path) -> None:
+    """max_staleness 1: the push after each step is held back while the workers generate
+    the next one, and sent before they get the step after; every rollout is then at most
+    one version old and the workers end on the final weights."""
+    trainer = _trainer(tiny_bootstrap, parts, tmp_path, steps=3,
+                       extra=("trainer.save_every=0", "rollout.weight_sync=broadcast", "trainer.max_staleness=1"))
+    summary = trainer.run()
+    assert summary.steps == 3
+    steps = [r for r in rows(tmp_path) if "learner/loss" in r]
+    assert [r["policy_version"] for r in steps] == [1.0, 2.0, 3.0]
+    assert [r["rollout/staleness_max"] for r in steps] == [0.0, 1.0, 1.0]
+    assert steps[0]["learner/logp_gap"] <= 1e-5  # step 1 sampled with the synced version-0 weights
+    assert ray.get(parts.rollout_workers[0].version.remote()) == 3
+
+
 def test_non_finite_steps_are_skipped_then_stop(parts, tiny_bootstrap, tmp_path, caplog) -> None:
     def poison_logprobs(worker: Any) -> None:  # nested: pickled by value for the actor
         core = worker.core

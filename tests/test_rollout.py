@@ -8,9 +8,10 @@ import ray
 import torch
 
 from actors.rollout import RolloutWorker
-from actors.weight_sync import make_weight_sync
 from scope_ray.bootstrap.models import TinyModelSpec, init_model
 from scope_ray.engines.vllm_engine import EngineOptions
+from scope_ray.engines.weight_broadcast import BroadcastGroup, spec_of
+from scope_ray.engines.weight_buckets import pack_state_dict
 from scope_ray.modeling import token_logprobs
 from scope_ray.types import GenerationRequest
 
@@ -140,7 +141,7 @@ def test_update_weights_switches_policy(worker) -> None:
 
     new = _sharp_model(seed=1)
     # ~0.25 MiB buckets: the 1.3 MB model goes over in several blobs in one update.
-    make_weight_sync("safetensors", [worker], bucket_mb=0.25, timeout_s=60).push(new.state_dict(), version=3)
+    _push_safetensors(worker, new.state_dict(), version=3)
     assert ray.get(worker.version.remote()) == 3
 
     after = ray.get(worker.generate.remote(reqs, greedy))
@@ -162,13 +163,61 @@ def test_update_without_tied_head_updates_the_head(worker) -> None:
     new = _sharp_model(seed=2)
     assert new.config.tie_word_embeddings
     sd = {k: v for k, v in new.state_dict().items() if k != "lm_head.weight"}
-    make_weight_sync("safetensors", [worker], bucket_mb=0.25, timeout_s=60).push(sd, version=4)
+    _push_safetensors(worker, sd, version=4)
     reqs = [GenerationRequest(uid=str(i), prompt_ids=p, n=2, seed=5) for i, p in enumerate(PROMPTS)]
     for p, group in zip(PROMPTS, ray.get(worker.generate.remote(reqs))):
         for r in group:
             np.testing.assert_allclose(r.response_logp, _hf_response_logp(new, p, r.response_ids), atol=1e-4)
 
 
-def test_unknown_weight_sync_kind() -> None:
-    with pytest.raises(ValueError):
-        make_weight_sync("carrier-pigeon", [])
+def _push_safetensors(worker, state_dict, version: int) -> None:
+    # ~0.25 MiB buckets: the 1.3 MB model goes over in several blobs in one update.
+    assert ray.get(worker.update_weights.remote(ray.put(pack_state_dict(state_dict, 0.25)), version), timeout=60) > 0
+
+
+def _broadcast_to(worker, state_dict, version: int, bucket_mb: float = 0.25) -> int:
+    """This process as the learner's rank 0 of a two-rank gloo group with the worker."""
+    host = BroadcastGroup.host("127.0.0.1", 2, torch.device("cpu"), timeout_s=60)
+    joined = worker.join_weight_group.remote("127.0.0.1", host.port, 1, 2, "gloo", 60.0)
+    host.connect()
+    assert ray.get(joined, timeout=60) == f"127.0.0.1:{host.port}"
+    receiving = worker.receive_weights.remote(version)
+    items = [(n, t.detach()) for n, t in state_dict.items()]
+    try:
+        host.send([spec_of(n, t) for n, t in items], iter(items), bucket_mb)
+    finally:
+        host.close()
+    return ray.get(receiving, timeout=60)
+
+
+def test_broadcast_update_switches_policy(worker) -> None:
+    """rollout.weight_sync=broadcast, the engine side: the update arrives over gloo in
+    several buckets, straight into vLLM's reload, and greedy decoding then equals HF's
+    on the new weights (a tied model's head included)."""
+    new = _sharp_model(seed=3)
+    sd = {k: v for k, v in new.state_dict().items() if k != "lm_head.weight"}
+    assert _broadcast_to(worker, sd, version=5) == len(sd) + 1  # + the tied head the extension adds
+    assert ray.get(worker.version.remote()) == 5
+    reqs = [GenerationRequest(uid=str(i), prompt_ids=p, n=1) for i, p in enumerate(PROMPTS)]
+    after = ray.get(worker.generate.remote(reqs, {"temperature": 0.0, "max_tokens": 12}))
+    for p, g in zip(PROMPTS, after):
+        ids = torch.tensor([p])
+        out = new.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12)
+        assert g[0].response_ids == out[0, len(p):].tolist()
+        assert g[0].policy_version == 5
+        np.testing.assert_allclose(g[0].response_logp, _hf_response_logp(new, p, g[0].response_ids), atol=1e-4)
+
+
+def test_broadcast_of_a_different_model_is_refused_and_loads_nothing(worker) -> None:
+    keep = _sharp_model(seed=4)
+    _push_safetensors(worker, keep.state_dict(), version=6)
+    other = _sharp_model(seed=5)
+    sd = {k: v for k, v in other.state_dict().items() if k != "lm_head.weight"}
+    name = "model.embed_tokens.weight"
+    sd[name] = sd[name][:-1]  # one row short: not this model's shape
+    with pytest.raises(ray.exceptions.RayTaskError, match=f"weight broadcast refused: '{name}' has shape"):
+        _broadcast_to(worker, sd, version=7)
+    assert ray.get(worker.version.remote()) == 6 and ray.get(worker.weight_group.remote()) is None
+    reqs = [GenerationRequest(uid="0", prompt_ids=PROMPTS[0], n=2, seed=5)]
+    for r in ray.get(worker.generate.remote(reqs))[0]:
+        np.testing.assert_allclose(r.response_logp, _hf_response_logp(keep, PROMPTS[0], r.response_ids), atol=1e-4)

@@ -110,7 +110,11 @@ class Trainer:
         self._stored_old_logp: torch.Tensor | None = None
         self._resumed_step: prefetch.StoredStep | None = None  # its groups, for the first step
         # What the rollout workers hold, and how a restarted one is brought up to date.
-        self.weights = RolloutWeights(lambda: self.parts.rollout_workers, lambda: self.cfg.trainer)
+        self.weights = RolloutWeights(
+            lambda: self.parts.rollout_workers, lambda: self.parts.learner, lambda: self.cfg.trainer,
+            mode=cfg.rollout.weight_sync, bucket_mb=cfg.rollout.weight_bucket_mb,
+            learner_version=self._learner_version, tp_size=cfg.rollout.tensor_parallel_size)
+        self._train_future: Any = None  # the learner step running in the background, if any
         self._dead_teachers: set[int] = set()
         self.learner_restores = 0
         # Set by SIGTERM / SIGINT on the driver (stop_signal.py); checked after each step.
@@ -137,14 +141,23 @@ class Trainer:
         )
 
     def _start_stream(self) -> StepStream:
+        self.weights.flush()  # a held-back broadcast goes out before the workers get new work
         return self._new_stream().start(self._next_items(), seed=self.cfg.trainer.seed)
 
-    def sync_weights(self, wait: bool = True) -> float:
+    def sync_weights(self, wait: bool = True) -> None:
         """Push the learner's weights to every rollout worker (rollout_weights.py); under
-        ``max_staleness = 1`` without waiting (checked at the next sync)."""
-        t0 = time.perf_counter()
-        self.weights.push(self.parts.learner, self.version, self.cfg.rollout.weight_bucket_mb, wait)
-        return time.perf_counter() - t0
+        ``max_staleness = 1`` without waiting (checked, or for a broadcast sent, before the
+        workers get new work)."""
+        self.weights.push(self.version, wait)
+
+    def _learner_version(self) -> int:
+        """The policy version of the learner's weights once a train step in flight (max
+        staleness 1) is done: that step's result says whether it was applied."""
+        fut = self._train_future
+        if fut is None:
+            return self.version
+        metrics = fut.result()
+        return self.version + (0 if bool(metrics.get("skipped", False)) else 1)
 
     def recover_rollout_worker(self, i: int) -> int:
         """Rollout worker ``i`` up and on the newest weights; the version it holds."""
@@ -159,6 +172,7 @@ class Trainer:
         if not self.parts.eval_items:
             return {}
         t0 = time.perf_counter()
+        self.weights.flush()
         for attempt in range(2):
             # Every worker must hold the current weights (one may have restarted
             # unnoticed since the last step); a worker dying mid-evaluation costs one rerun.
@@ -190,15 +204,17 @@ class Trainer:
         """Run the learner step in a thread while pumping the next step's stream."""
         t0 = time.perf_counter()
         limit = self.cfg.trainer.train_timeout_s
-        fut = self._executor.submit(self.parts.learner.train_step, batch, timeout_s=limit)
-        if next_stream is not None:
-            next_stream.pump(stop_when=fut.done)
+        fut = self._train_future = self._executor.submit(self.parts.learner.train_step, batch, timeout_s=limit)
         try:
+            if next_stream is not None:
+                next_stream.pump(stop_when=fut.done)
             # The learner group enforces the limit and names the rank; this is a backstop.
             metrics = fut.result(timeout=limit + 60.0)
         except FutureTimeout as exc:
             raise LearnerFailure(f"learner group: train_step() did not return within {limit:.0f} s",
                                  rank=None, call="train_step") from exc
+        finally:
+            self._train_future = None
         return metrics, time.perf_counter() - t0
 
     def _recomputed_old_logp(self, batch, wb: WeightedBatch) -> torch.Tensor:
@@ -396,7 +412,8 @@ class Trainer:
                                self.step, self.nonfinite_in_a_row, t.max_nonfinite_steps)
             else:
                 self.version += 1
-            sync_s = self.sync_weights(wait=next_stream is None) if not skipped else 0.0
+            if not skipped:
+                self.sync_weights(wait=next_stream is None)
             step_s = time.perf_counter() - step_t0
             metrics = batch_metrics(self.spec, wb, learner_version=self.version - (0 if skipped else 1))
             metrics.update({f"learner/{k}": float(v) for k, v in learner_metrics.items() if _is_number(v)})
@@ -408,7 +425,7 @@ class Trainer:
                 "time/score_tail_s": clock.score_tail_s,
                 "time/verify_s": clock.verify_s,
                 "time/train_s": train_s,
-                "time/sync_s": sync_s,
+                "time/sync_s": self.weights.take_seconds(),
                 "perf/rollout_tokens_per_s": metrics["rollout/tokens"] / max(step_s, 1e-9),
                 "policy_version": float(self.version),
             })

@@ -13,14 +13,15 @@ layer when its last weight arrives, and finalises (re-processes) layers that got
 part of their weights at the end of the call, so a layer split across two calls ends
 up half-updated.
 
-Two transports, chosen by the learner side (:mod:`actors.weight_sync`):
+Two transports (``rollout.weight_sync``, driven by
+:mod:`scope_ray.controller.rollout_weights`):
 
 - ``safetensors``: blobs from :func:`scope_ray.engines.weight_buckets.pack_state_dict`
-  (via Ray's object store). Works everywhere; tested on CPU.
-- ``nccl``: the learner (rank 0) broadcasts each tensor straight into the engine's GPU
-  over a ``StatelessProcessGroup`` + ``PyNcclCommunicator`` group that does not touch
-  either side's global ``torch.distributed`` state. UNTESTED in this repository (written
-  against the installed vLLM 0.32 API on a machine without a GPU).
+  (via Ray's object store).
+- ``broadcast``: the learner's rank 0 broadcasts buckets straight from its parameters
+  over a process group of its own with every engine rank
+  (:mod:`scope_ray.engines.weight_broadcast`): gloo on CPU (tested), NCCL on GPU (the
+  same code, not yet run on a GPU).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class WeightSyncExtension:
                 yield item
 
         self.reload_weights(weights_iterator=counted())  # type: ignore[attr-defined]
-        # A loader that stops early would leave NCCL broadcasts unmatched: drain the rest.
+        # A loader that stops early would leave broadcasts unmatched: drain the rest.
         for _ in weights:
             count += 1
         return count
@@ -99,33 +100,36 @@ class WeightSyncExtension:
         logger.debug("reloaded %d tensors from %d safetensors blobs", n, len(blobs))
         return n
 
-    # ---- GPU path (untested here: no GPU on the development machine) ----
-
-    def init_weight_update_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        """Join the learner's broadcast group as rank ``rank_offset + tp rank``.
-
-        The learner is rank 0 and creates the group's TCP store at master_address:port.
-        """
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+    # ---- rollout.weight_sync: broadcast (weight_broadcast.py) ----
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                          timeout_s: float, local_address: str) -> int:
+        """Join the learner's broadcast group as rank ``rank_offset`` + this worker's rank
+        in its engine (tensor parallel), its sockets on ``local_address``; returns that rank."""
         from vllm.distributed.parallel_state import get_world_group
-        from vllm.distributed.utils import StatelessProcessGroup
 
+        from scope_ray.engines.weight_broadcast import BroadcastGroup, checkpoint_shapes
+
+        self.leave_weight_group()
         rank = rank_offset + get_world_group().rank
-        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
-        self._weight_comm = PyNcclCommunicator(group, device=self.device)  # type: ignore[attr-defined]
-        logger.info("joined weight-update group as rank %d of %d", rank, world_size)
+        # What every update must carry: the tensors of the checkpoint this engine loaded.
+        self._update_shapes = checkpoint_shapes(self.model_config.model)  # type: ignore[attr-defined]
+        self._weight_group = BroadcastGroup.join(host, port, rank, world_size, self.device,  # type: ignore[attr-defined]
+                                                 backend, timeout_s, local_address)
+        logger.info("joined the weight-broadcast group as rank %d of %d (%s)", rank, world_size, backend)
+        return rank
 
-    def update_weights_nccl(self, names: list[str], dtypes: list[str], shapes: list[list[int]]) -> int:
-        """Receive one full update, tensor by tensor in ``names`` order, from rank 0."""
-        comm = self._weight_comm
-        device = self.device  # type: ignore[attr-defined]
+    def receive_weights_broadcast(self) -> int:
+        """Receive one full update from the learner and load it; returns the tensor count."""
+        group = getattr(self, "_weight_group", None)
+        if group is None:
+            raise RuntimeError("not in a weight-broadcast group")
+        # The manifest is checked before reload_weights starts: once it has, the model's
+        # layers wait (on the meta device) for their new weights.
+        tensors = group.receive(self._update_shapes, optional={TIED_HEAD})
+        return self._reload(tensors)
 
-        def received() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, dtype, shape in zip(names, dtypes, shapes, strict=True):
-                buf = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
-                comm.broadcast(buf, src=0, stream=torch.cuda.current_stream())
-                yield name, buf
-
-        n = self._reload(received())
-        torch.cuda.synchronize()
-        return n
+    def leave_weight_group(self) -> None:
+        group = getattr(self, "_weight_group", None)
+        if group is not None:
+            group.close()
+        self._weight_group = None

@@ -35,7 +35,9 @@ from scope_ray.learner import engine as eng
 from scope_ray.learner.metrics import RankStepStats
 from scope_ray.learner.options import LearnerOptions
 from scope_ray.learner.safe_load import weights_only_loads
-from scope_ray.learner.weights import copy_weights_into, export_state, save_hf_dir
+from scope_ray.engines.weight_broadcast import BroadcastGroup, TensorSpec
+from scope_ray.errors import first_line
+from scope_ray.learner.weights import copy_weights_into, export_state, iter_state, save_hf_dir, state_shapes
 from scope_ray.modeling import token_logprobs
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class LearnerCore:
         self.engine = None
         # The policy before the latest train_step (options.keep_previous_policy).
         self._previous: torch.nn.Module | None = None
+        self._weight_group: BroadcastGroup | None = None  # rank 0, rollout.weight_sync: broadcast
 
     # ------------------------------------------------------------------ set-up
     def init_engine(self, master_addr: str, master_port: int) -> None:
@@ -233,6 +236,52 @@ class LearnerCore:
         """Full weights with HF names on rank 0, None elsewhere (collective under ZeRO-3)."""
         self._require_engine()
         return export_state(self.engine.module, self.options.zero_stage == 3, keep=self.rank == 0)
+
+    # rollout.weight_sync: broadcast (scope_ray/engines/weight_broadcast.py): rank 0 sends.
+    def host_weight_group(self, host: str, world_size: int, timeout_s: float) -> tuple[int, str]:
+        """Rank 0: open the group's store for ``world_size`` ranks; returns its port and
+        backend. The engines join, and :meth:`connect_weight_group` completes it."""
+        self.close_weight_group()
+        self._weight_group = BroadcastGroup.host(host, world_size, self.device, timeout_s)
+        return self._weight_group.port, self._weight_group.backend
+
+    def connect_weight_group(self) -> None:
+        """Rank 0: wait for every engine rank to join."""
+        if self._weight_group is None:
+            raise RuntimeError("host_weight_group first")
+        self._weight_group.connect()
+
+    def close_weight_group(self) -> None:
+        if self._weight_group is not None:
+            self._weight_group.close()
+        self._weight_group = None
+
+    def broadcast_weights(self, bucket_mb: float) -> dict[str, object] | None:
+        """One full update over the broadcast group, straight from the parameters (one
+        gathered at a time under ZeRO-3: every rank calls this). Rank 0 returns what it
+        sent, or ``{"error": ...}`` when a receiver failed: that is not a learner failure,
+        and the group is closed (the controller rebuilds it). Other ranks return None."""
+        self._require_engine()
+        module = self.engine.module
+        tensors = iter_state(module, self.options.zero_stage == 3)
+        if self.rank != 0:
+            for _ in tensors:  # the gathers rank 0 sends from
+                pass
+            return None
+        group = self._weight_group
+        t0 = time.perf_counter()
+        try:
+            if group is None:
+                raise RuntimeError("no weight-broadcast group (host_weight_group first)")
+            specs = [TensorSpec(n, str(dt).removeprefix("torch."), shape) for n, dt, shape in state_shapes(module)]
+            sent = group.send(specs, tensors, bucket_mb)
+        except Exception as exc:  # noqa: BLE001 - reported to the controller, which names the receiver
+            for _ in tensors:
+                pass
+            self.close_weight_group()
+            logger.warning("weight broadcast failed: %s", exc)
+            return {"error": first_line(exc)}
+        return {"bytes": sent, "tensors": len(specs), "seconds": time.perf_counter() - t0}
 
     def save_hf(self, out_dir: str) -> str | None:
         state = self.export_weights()

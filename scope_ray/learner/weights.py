@@ -48,14 +48,27 @@ def export_state(module: torch.nn.Module, zero3: bool, keep: bool) -> dict[str, 
     model.
     """
     out: dict[str, torch.Tensor] | None = {} if keep else None
+    for name, tensor in iter_state(module, zero3):
+        if out is not None:
+            out[name] = tensor.to("cpu", copy=True)
+    return out
+
+
+def iter_state(module: torch.nn.Module, zero3: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) for every parameter, then every persistent buffer, on the
+    module's device; each parameter is gathered only while the caller holds it (ZeRO-3).
+    Every rank must run it to the end under ZeRO-3; the tensors are only valid until the
+    next item."""
     for name, param in module.named_parameters():
         with _gathered(param, zero3):
-            if out is not None:
-                out[name] = param.detach().to("cpu", copy=True)
-    if out is not None:
-        for name, buf in persistent_buffers(module):
-            out[name] = buf.detach().to("cpu", copy=True)
-    return out
+            yield name, param.detach()
+    yield from ((name, buf.detach()) for name, buf in persistent_buffers(module))
+
+
+def state_shapes(module: torch.nn.Module) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """What :func:`iter_state` yields, without gathering: (name, dtype, full shape)."""
+    out = [(name, p.dtype, tuple(getattr(p, "ds_shape", p.shape))) for name, p in module.named_parameters()]
+    return out + [(name, b.dtype, tuple(b.shape)) for name, b in persistent_buffers(module)]
 
 
 @torch.no_grad()
