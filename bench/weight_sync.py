@@ -22,8 +22,8 @@ order) with the path the trainer used before: the buckets come back to the drive
 ``ray.put``s them again (``path/via driver`` is the trainer path's time over that one's),
 and with ``rollout.weight_sync: broadcast`` (rank 0 broadcasts buckets over gloo straight
 into the engines; ``broadcast/safetensors`` is its time over the safetensors path's in the
-same repetition). On CPU both move the same bytes through memory; the broadcast's gain
-on GPUs (no device-to-host copy, no object store) is not measured here.
+same repetition). On GPUs the broadcast would also skip the device-to-host copy (NCCL;
+not measured here).
 """
 
 from __future__ import annotations

@@ -99,3 +99,17 @@ def test_every_shipped_recipe_loads():
         # Cluster recipes point at model dirs that exist only on the cluster.
         cfg = load_config(path, check_paths=False)
         assert cfg.trainer.total_steps >= 1, path
+
+
+def test_prompts_per_request_0_gives_each_worker_its_whole_share():
+    """rollout.prompts_per_request 0: one call per worker per step, and the engines are
+    sized for it (max_num_seqs = that call's sequences)."""
+    from scope_ray.controller.cluster import rollout_max_num_seqs
+
+    whole = load_config(None, ["rollout.prompts_per_request=0"])
+    assert whole.rollout.request_prompts(16) == 16 and rollout_max_num_seqs(whole) == 16 * 8
+    three = load_config(None, ["rollout.prompts_per_request=0", "rollout.num_workers=3"])
+    assert three.rollout.request_prompts(16) == 6 and rollout_max_num_seqs(three) == max(6 * 8, 8 * three.trainer.eval_k)
+    default = load_config(None, [])
+    assert default.rollout.prompts_per_request == 4 and default.rollout.request_prompts(16) == 4
+    assert rollout_max_num_seqs(default) == max(4 * 8, 8 * default.trainer.eval_k)

@@ -195,6 +195,10 @@ def test_micro_batch_budget_does_not_change_the_update(single, batch, reference_
         _reset(group, ckpt)
         m = group.train_step(batch, micro_batch_tokens=budget)
         assert m["micro_batches"] == (1 if budget > 1 else batch.num_rows) != ref_metrics["micro_batches"]
+        # One rollout per micro-batch runs no padding; one micro-batch pads every row to the longest.
+        lengths = batch.lengths().double()
+        want = 0.0 if budget == 1 else float(1 - lengths.sum() / (len(lengths) * lengths.max()))
+        assert m["padded_fraction"] == pytest.approx(want, abs=1e-12) and (budget == 1 or want > 0.05)
         assert m["loss"] == pytest.approx(ref_metrics["loss"], rel=1e-5)
         assert m["grad_norm"] == pytest.approx(ref_metrics["grad_norm"], rel=1e-5)
         assert _max_diff(group.export_weights(), ref_weights) < ATOL
@@ -350,6 +354,10 @@ def test_options_and_metric_merge_without_ray() -> None:
     assert merged["loss"] == 2.0 and merged["tokens"] == 8
     assert merged["logp_gap"] == pytest.approx(0.1) and merged["rho_mean"] == 1.0 and merged["rho_max"] == 2.0
     assert merged["skipped"] is True
+    assert merged["padded_fraction"] != merged["padded_fraction"]  # NaN: no token slots reported
+    padded = merge_step_metrics([{**rank, "slot_tokens": 100, "real_tokens": 90},
+                                 {**rank, "slot_tokens": 60, "real_tokens": 30}])
+    assert padded["padded_fraction"] == pytest.approx(40 / 160)
 
 
 _LOOPBACK_GROUP_OUTLIVES_ITS_SETUP = """

@@ -234,8 +234,8 @@ def test_sequential_schedule_and_whole_requests_train_as_the_stream(ray_session,
 
 def test_evaluation_calls_spread_over_every_worker(tmp_path):
     """100 held-out prompts on 4 workers at prompts_per_request 64 were 2 calls: two
-    workers idle. Now every worker gets a call, never larger than the engines were
-    sized for (max(prompts_per_request, 8) prompts)."""
+    workers idle. Now every worker gets a call: its whole share by default
+    (prompts_per_request 0), else at most max(prompts_per_request, 8) prompts."""
     from scope_ray.controller.trainer import Components, Trainer
 
     def per_call(n_items: int, n_workers: int, ppr: int, tmp: Path) -> int:
@@ -245,5 +245,6 @@ def test_evaluation_calls_spread_over_every_worker(tmp_path):
         return Trainer(cfg, tmp, parts, None)._eval_prompts_per_call()
 
     assert per_call(100, 4, 64, tmp_path) == 25
-    assert per_call(64, 1, 4, tmp_path) == 8  # the CPU default: as before
+    assert per_call(64, 1, 4, tmp_path) == 8
     assert per_call(3, 4, 64, tmp_path) == 1
+    assert per_call(100, 4, 0, tmp_path) == 25 and per_call(200, 1, 0, tmp_path) == 200

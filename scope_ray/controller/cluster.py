@@ -91,13 +91,13 @@ def _quiet_env() -> dict[str, Any]:
 
 
 def rollout_max_num_seqs(cfg: RunConfig) -> int:
-    """``rollout.max_num_seqs``, or (0) the largest call a worker serves: a training
-    request (prompts_per_request x G) or an evaluation request (trainer.evaluate asks
-    for max(prompts_per_request, 8) prompts x eval_k), so every call decodes as one batch."""
+    """``rollout.max_num_seqs``, or (0) what a training call holds (its prompts x G, so
+    the call decodes as one batch), and at least 8 evaluation prompts x eval_k; a
+    larger evaluation call decodes in waves, the engine refilling as sequences end."""
     r, t = cfg.rollout, cfg.trainer
     if r.max_num_seqs > 0:
         return r.max_num_seqs
-    return max(r.prompts_per_request * r.group_size, max(r.prompts_per_request, 8) * t.eval_k)
+    return max(r.request_prompts(t.prompts_per_step) * r.group_size, 8 * t.eval_k)
 
 
 def _engine_options(cfg: RunConfig, model_dir: str) -> EngineOptions:

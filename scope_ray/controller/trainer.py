@@ -132,7 +132,7 @@ class Trainer:
         c = self.cfg
         return StepStream(
             self.parts.rollout_workers, self.parts.teachers, self.parts.verify, self.spec,
-            prompts_per_request=c.rollout.prompts_per_request, group_size=c.rollout.group_size,
+            prompts_per_request=c.rollout.request_prompts(c.trainer.prompts_per_step), group_size=c.rollout.group_size,
             generate_timeout_s=c.trainer.generate_timeout_s, score_timeout_s=c.trainer.score_timeout_s,
             sequential=c.trainer.schedule == "sequential", stream_rollouts=c.rollout.stream_rollouts,
             policy_version=self.version, recover_worker=self.recover_rollout_worker,
@@ -194,11 +194,12 @@ class Trainer:
         return out
 
     def _eval_prompts_per_call(self) -> int:
-        """max(prompts_per_request, 8) prompts per call, but spread so every worker gets
-        one (100 held-out prompts at 64 per call would leave 2 of 4 workers idle). Never
-        more than the max_num_seqs sizing of cluster.rollout_max_num_seqs assumes."""
+        """Each worker's whole share of the held-out prompts in one call (rollout.
+        prompts_per_request 0), else max(prompts_per_request, 8), spread so every worker
+        gets one (100 held-out prompts at 64 per call would leave 2 of 4 workers idle)."""
         per_worker = -(-len(self.parts.eval_items) // max(1, len(self.parts.rollout_workers)))
-        return max(1, min(max(self.cfg.rollout.prompts_per_request, 8), per_worker))
+        ppr = self.cfg.rollout.prompts_per_request
+        return max(1, per_worker if ppr == 0 else min(max(ppr, 8), per_worker))
 
     def _train_in_background(self, batch, next_stream: StepStream | None) -> tuple[dict[str, float], float]:
         """Run the learner step in a thread while pumping the next step's stream."""

@@ -173,7 +173,9 @@ class LearnerCore:
             if k < len(parts):
                 rows = parts[k]
                 adv = advantages[rows] if advantages is not None else None
-                loss = self._micro_loss(shard.select(rows).trim(), adv, denominator, stats)
+                mb = shard.select(rows).trim()
+                stats.add_padding(mb.num_rows, mb.seq_len, int(mb.attention_mask.sum()))
+                loss = self._micro_loss(mb, adv, denominator, stats)
             else:
                 loss = self._idle_logprobs().sum() * 0.0
             # x world size: DeepSpeed averages over ranks, we need the sum (see module doc).

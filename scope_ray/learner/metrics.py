@@ -23,6 +23,10 @@ class RankStepStats:
     rho_max: float = 0.0
     micro_batches: int = 0
     idle_micro_batches: int = 0  # zero-loss passes that keep ranks in lockstep
+    # Token slots the forward passes ran (rows x widest row per micro-batch) and how many
+    # of them were real (prompt + response) tokens: the rest is padding.
+    slot_tokens: int = 0
+    real_tokens: int = 0
     nonfinite: bool = False
     grad_norm: float = float("nan")
     lr: float = float("nan")
@@ -41,6 +45,10 @@ class RankStepStats:
                 rho = torch.exp(diff)
                 self.rho_sum += float(rho.sum())
                 self.rho_max = max(self.rho_max, float(rho.max()))
+
+    def add_padding(self, rows: int, width: int, real: int) -> None:
+        self.slot_tokens += rows * width
+        self.real_tokens += real
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +75,14 @@ def merge_step_metrics(per_rank: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "rho_max": max(float(r["rho_max"]) for r in per_rank),
         "micro_batches": sum(int(r["micro_batches"]) for r in per_rank),
         "idle_micro_batches": sum(int(r["idle_micro_batches"]) for r in per_rank),
+        "padded_fraction": padded_fraction(per_rank),
         "skipped": skipped,
         "time_s": max(float(r["time_s"]) for r in per_rank),
     }
+
+
+def padded_fraction(per_rank: Sequence[dict[str, Any]]) -> float:
+    """The share of the step's forward-pass token slots that were padding."""
+    slots = sum(int(r.get("slot_tokens", 0)) for r in per_rank)
+    real = sum(int(r.get("real_tokens", 0)) for r in per_rank)
+    return 1.0 - real / slots if slots else math.nan
