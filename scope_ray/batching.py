@@ -223,11 +223,6 @@ def shard_indices(group_index: torch.Tensor, row_tokens: torch.Tensor, num_shard
     return [torch.tensor(sorted(rows), dtype=torch.long) for rows in assigned]
 
 
-def split_by_groups(batch: TrainBatch, num_shards: int) -> list[TrainBatch]:
-    """One (trimmed) batch per data-parallel rank; see :func:`shard_indices`."""
-    return [batch.select(idx).trim() for idx in shard_indices(batch.group_index, batch.lengths(), num_shards)]
-
-
 def micro_batch_indices(lengths: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
     """Row indices of each micro-batch so that rows * longest row <= ``max_tokens``.
 
@@ -250,17 +245,3 @@ def micro_batch_indices(lengths: torch.Tensor, max_tokens: int) -> list[torch.Te
     if current:
         out.append(current)
     return [torch.tensor(rows, dtype=torch.long) for rows in out]
-
-
-def micro_batches(batch: TrainBatch, max_tokens: int) -> list[TrainBatch]:
-    """Trimmed micro-batches under a padded-token budget; see :func:`micro_batch_indices`."""
-    return [batch.select(idx).trim() for idx in micro_batch_indices(batch.lengths(), max_tokens)]
-
-
-def loss_denominator(batch: TrainBatch, aggregation: str) -> float:
-    """The global count a loss divides by: prompts ("sum") or response tokens ("token-mean")."""
-    if aggregation == "sum":
-        return float(batch.num_prompts)
-    if aggregation == "token-mean":
-        return float(batch.num_response_tokens)
-    raise ValueError(f"aggregation must be 'sum' or 'token-mean', got {aggregation!r}")

@@ -53,6 +53,9 @@ class BootstrapConfig:
     preset: Literal["default", "tiny"] = "default"
 
 
+MAX_STALENESS = 4
+
+
 @dataclass
 class RolloutConfig:
     num_workers: int = 1
@@ -161,7 +164,10 @@ class TrainerConfig:
 
     prompts_per_step: int = 16  # B complete groups per gradient step
     total_steps: int = 100
-    max_staleness: int = 0  # 0: strictly on-policy; 1: generate next batch while training
+    # 0: strictly on-policy; k (up to 4): the next k steps generate while the learner
+    # trains, so a step trains on rollouts at most k policy versions old (rho corrects
+    # with the engine's log-probs).
+    max_staleness: int = 0
     # "stream": teacher scoring overlaps generation; "sequential": generate all, then
     # score all, then train (the baseline the pipeline benchmark compares against).
     schedule: Literal["stream", "sequential"] = "stream"
@@ -175,6 +181,13 @@ class TrainerConfig:
     save_every: int = 25  # steps; 0 disables periodic checkpoints
     keep_checkpoints: int = 2
     run_dir: str = ""  # default: runs/<name>-<time>
+    # Experiment trackers (controller/trackers.py): any of tensorboard, wandb, mlflow;
+    # metrics.jsonl is always written. project / run_name (default: the run directory's
+    # name) / tags go to wandb and MLflow.
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project: str = "scope-ray"
+    run_name: str = ""
+    tags: list[str] = field(default_factory=list)
     name: str = "scope"
     # Seconds before a remote call counts as hung; the error names the actor and call.
     generate_timeout_s: float = 600.0
@@ -235,7 +248,7 @@ def _require(cond: bool, key: str, msg: str) -> None:
 
 
 def _validate(cfg: RunConfig, check_paths: bool) -> None:
-    from scope_ray.algo import ALGORITHMS
+    from scope_ray.algo import get_algorithm
 
     m, r, t, lr, a, tr = cfg.model, cfg.rollout, cfg.teacher, cfg.learner, cfg.algorithm, cfg.trainer
     grpo = a.name == "grpo"  # GRPO needs no teacher (its KL reference is the initial student)
@@ -299,16 +312,22 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
              f"must hold one full sequence (>= {min_tokens} = max_prompt_tokens + max_response_tokens)")
     _require(t.max_batch_tokens >= min_tokens, "teacher.max_batch_tokens",
              f"must hold one full sequence (>= {min_tokens})")
-    if a.name not in ALGORITHMS:
-        close = difflib.get_close_matches(a.name, list(ALGORITHMS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"algorithm.name: unknown algorithm {a.name!r}{hint}; choose from {sorted(ALGORITHMS)}")
+    try:
+        get_algorithm(a.name)
+    except ValueError as exc:  # names the algorithm, with a "did you mean"
+        raise ConfigError(f"algorithm.name: {exc}") from None
     _require(a.tau > 0, "algorithm.tau", "must be > 0")
     _require(a.clip_eps > 0, "algorithm.clip_eps", "must be > 0")
     _require(a.kl_beta >= 0, "algorithm.kl_beta", "must be >= 0")
     _require(tr.prompts_per_step >= 1, "trainer.prompts_per_step", "must be >= 1")
     _require(tr.total_steps >= 1, "trainer.total_steps", "must be >= 1")
-    _require(tr.max_staleness in (0, 1), "trainer.max_staleness", "must be 0 or 1")
+    _require(0 <= tr.max_staleness <= MAX_STALENESS, "trainer.max_staleness", f"must be in [0, {MAX_STALENESS}]")
+    # recompute keeps one earlier policy on the learner (the one the last step replaced).
+    _require(tr.max_staleness <= 1 or lr.old_logp == "rollout", "trainer.max_staleness",
+             f"{tr.max_staleness} needs learner.old_logp 'rollout' (recompute covers rollouts one version old)")
+    # A broadcast needs the workers idle; with more than one step ahead they never are.
+    _require(tr.max_staleness <= 1 or r.weight_sync == "safetensors", "trainer.max_staleness",
+             f"{tr.max_staleness} needs rollout.weight_sync 'safetensors' (a broadcast waits for idle workers)")
     _require(tr.eval_every >= 0, "trainer.eval_every", "must be >= 0")
     _require(tr.eval_k >= 1, "trainer.eval_k", "must be >= 1")
     _require(tr.save_every >= 0, "trainer.save_every", "must be >= 0")
@@ -316,6 +335,7 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     for key in ("generate_timeout_s", "score_timeout_s", "train_timeout_s", "sync_timeout_s"):
         _require(getattr(tr, key) > 0, f"trainer.{key}", "must be > 0")
     _require(tr.max_nonfinite_steps >= 1, "trainer.max_nonfinite_steps", "must be >= 1")
+    _check_loggers(tr.loggers)
     _require(tr.actor_max_restarts >= 0, "trainer.actor_max_restarts", "must be >= 0")
 
 
@@ -463,7 +483,34 @@ def load_config(
     for text in overrides or []:
         keys, value = parse_override(text)
         _apply(cfg, _nest(keys, value))
+    if check_paths:
+        _resolve_hub_ids(cfg)
     return cfg.validate(check_paths)
+
+
+def _check_loggers(loggers: list[str]) -> None:
+    from scope_ray.controller.trackers import TRACKERS, missing_extra
+
+    for name in loggers:
+        _require(name in TRACKERS, "trainer.loggers", f"unknown logger {name!r}; choose from {list(TRACKERS)}")
+        install = missing_extra(name)
+        _require(install is None, "trainer.loggers", f"{name!r} is not installed: {install}")
+    _require(len(set(loggers)) == len(loggers), "trainer.loggers", f"{loggers}: each logger once")
+    # mlflow-skinny has no database backend, and MLflow 3 refuses a file store unless told.
+    _require("mlflow" not in loggers or bool(os.environ.get("MLFLOW_TRACKING_URI")), "trainer.loggers",
+             "'mlflow' needs MLFLOW_TRACKING_URI: a tracking server, or file:DIR with MLFLOW_ALLOW_FILE_STORE=true")
+
+
+def _resolve_hub_ids(cfg: RunConfig) -> None:
+    """Hugging Face ids in model.student / model.teacher -> their local snapshot dirs
+    (scope_ray/model_source.py), here on the driver before any actor starts."""
+    from scope_ray.model_source import ModelNotFound, resolve_model
+
+    for key in ("student", "teacher"):
+        try:
+            setattr(cfg.model, key, resolve_model(getattr(cfg.model, key)))
+        except ModelNotFound as exc:
+            raise ConfigError(f"model.{key}: {exc}") from None
 
 
 def dump_config(cfg: RunConfig, path: str | os.PathLike) -> None:

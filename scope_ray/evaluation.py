@@ -230,7 +230,8 @@ def stdout_to_stderr() -> Iterator[None]:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--model", required=True, help="HF model directory to evaluate")
+    parser.add_argument("--model", required=True,
+                        help="HF model directory, or a Hugging Face id org/name[@revision] (scope_ray/model_source.py)")
     parser.add_argument("--data", required=True, nargs="+",
                         help="parquet/JSONL file(s) in verl's layout")
     parser.add_argument("--k", type=int, default=8, help="samples per problem (avg@K, pass@K)")
@@ -264,6 +265,13 @@ def _print_table(title: str, summary: Mapping[str, Any], k: int) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """``scope-ray eval``; returns the process exit code."""
+    from scope_ray.config import ConfigError
+    from scope_ray.model_source import ModelNotFound, resolve_model
+
+    try:
+        args.model = resolve_model(args.model)
+    except ModelNotFound as exc:
+        raise ConfigError(f"--model: {exc}") from None
     with stdout_to_stderr() if args.json else contextlib.nullcontext():
         records, longest = load_for_eval(args.model, args.data, args.limit)
         llm = make_llm(args.model, seed=args.seed, dtype=args.dtype,

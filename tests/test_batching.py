@@ -8,18 +8,25 @@ import numpy as np
 import pytest
 import torch
 
-from scope_ray.algo import LossInputs, compute_loss, get_algorithm
+from scope_ray.algo import LossInputs, compute_loss, get_algorithm, loss_denominator
 from scope_ray.batching import (
     TrainBatch,
     collate,
-    loss_denominator,
     micro_batch_indices,
-    micro_batches,
     shard_indices,
-    split_by_groups,
 )
 
 PAD = 0
+
+
+def split_by_groups(batch: TrainBatch, num_shards: int) -> list[TrainBatch]:
+    """One (trimmed) batch per data-parallel rank, as LearnerGroup shards a step."""
+    return [batch.select(idx).trim() for idx in shard_indices(batch.group_index, batch.lengths(), num_shards)]
+
+
+def micro_batches(batch: TrainBatch, max_tokens: int) -> list[TrainBatch]:
+    """Trimmed micro-batches under a padded-token budget, as LearnerCore forms them."""
+    return [batch.select(idx).trim() for idx in micro_batch_indices(batch.lengths(), max_tokens)]
 
 
 def make_batch(prompt_lens: list[int], response_lens: list[int], groups: list[int], seed: int = 0) -> TrainBatch:
@@ -148,7 +155,7 @@ def test_micro_batch_and_shard_losses_add_up_to_the_full_batch_loss(aggregation:
 
     full = loss_of(torch.arange(batch.num_rows), None)
     (grad_full,) = torch.autograd.grad(full, logp_full)
-    denom = loss_denominator(batch, aggregation)
+    denom = loss_denominator(aggregation, batch.num_prompts, batch.num_response_tokens)
     total = torch.zeros(())
     for shard_rows in shard_indices(batch.group_index, batch.lengths(), 2):
         for mb in micro_batch_indices(batch.lengths()[shard_rows], 12):

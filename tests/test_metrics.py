@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,10 +58,9 @@ def test_weight_stats_uniform_and_peaked():
     assert weight_stats(w, torch.zeros(6, dtype=torch.bool), g)["size"] == 0
 
 
-def test_mean_reverse_kl_over_members_tokens():
-    logp = torch.tensor([[-1.0, -2.0], [-1.0, -1.0]])
-    teacher = torch.tensor([[-0.5, float("nan")], [-3.0, -3.0]])
-    mask = torch.tensor([[1, 0], [1, 1]])
-    assert mean_reverse_kl(logp, teacher, mask, torch.tensor([True, False])) == pytest.approx(-0.5)
-    assert mean_reverse_kl(logp, teacher, mask, torch.tensor([True, True])) == pytest.approx((-0.5 + 2 + 2) / 3)
-    assert math.isnan(mean_reverse_kl(logp, teacher, mask, torch.tensor([False, False])))
+def test_mean_reverse_kl_over_every_scored_token():
+    # log pi_S - log pi_T per response token of each scored rollout (ragged).
+    assert mean_reverse_kl([[-0.5]]) == pytest.approx(-0.5)
+    assert mean_reverse_kl([[-0.5], [2.0, 2.0]]) == pytest.approx((-0.5 + 2 + 2) / 3)
+    assert mean_reverse_kl([np.array([1.0, 3.0], dtype=np.float32), []]) == pytest.approx(2.0)
+    assert math.isnan(mean_reverse_kl([])) and math.isnan(mean_reverse_kl([[]]))

@@ -10,7 +10,6 @@ from scope_ray.bootstrap.sft import (
     SFTOptions,
     collate,
     lr_factor,
-    mean_loss,
     problem_examples,
     response_nll,
     train_sft,
@@ -31,6 +30,21 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def problems():
     return generate_problems(24, [1, 2], seed=0)
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, examples, pad_id: int, batch_size: int = 64) -> float:
+    """Token-weighted mean response NLL over ``examples`` (a held-out check)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0.0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size], pad_id)
+        n = batch.loss_mask.sum().item()
+        total += response_nll(model, batch).item() * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1.0)
 
 
 def test_examples_use_the_loader_rendering_and_the_chat_template(tokenizer, problems):

@@ -187,6 +187,39 @@ def test_staleness_1_resume_equals_uninterrupted(ray_session, tiny_bootstrap, st
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
+def test_staleness_3_bounds_the_lag_and_resumes_exactly(ray_session, tiny_bootstrap, tmp_path_factory):
+    """max_staleness 3: the next three steps generate while the learner trains. No
+    trained rollout is more than 3 policy versions old, and the bound is reached. A
+    checkpoint keeps the groups of every step ahead (each one's own files), so a resume
+    from step 2 trains steps 3-5 on exactly the rollouts the uninterrupted run did."""
+    import shutil
+
+    from scope_ray.controller import prefetch
+
+    extra = ["trainer.max_staleness=3", "trainer.eval_at_end=false", "trainer.keep_checkpoints=5"]
+    full = tmp_path_factory.mktemp("stale3")
+    run_training(_cfg(tiny_bootstrap, full, 5, extra), full, None, show_progress=False)
+    rows = [r for r in _rows(full) if "learner/loss" in r]
+    assert [r["rollout/staleness_max"] for r in rows] == [0, 1, 2, 3, 3]
+    assert [r["policy_version"] for r in rows] == [1, 2, 3, 4, 5]
+
+    resumed = tmp_path_factory.mktemp("stale3_resumed")
+    shutil.copytree(full, resumed, dirs_exist_ok=True)
+    for later in ("step_000003", "step_000004", "step_000005"):
+        shutil.rmtree(ckpt.checkpoints_dir(resumed) / later)
+    ref = ckpt.latest_valid(resumed)
+    assert ref is not None and ref.step == 2
+    assert [len(groups) for groups, _ in prefetch.load_all(ref.path)] == [4, 4, 4]  # steps 3, 4, 5
+    run_training(_cfg(tiny_bootstrap, resumed, 5, extra), resumed, ref, show_progress=False)
+    keys = ("step", "rollout/tokens", "branch/correct_size", "rollout/staleness_max", "learner/loss",
+            "learner/grad_norm", "learner/rho_mean")
+    got = [[r[k] for k in keys] for r in _rows(resumed) if "learner/loss" in r]
+    want = [[r[k] for k in keys] for r in rows]
+    assert [g[:4] for g in got] == [w[:4] for w in want]
+    for g, w in zip(got, want):
+        assert g[4:] == pytest.approx(w[4:], rel=1e-5, abs=1e-7), g[0]
+
+
 def _approx_rows(run_dir: Path) -> list[tuple]:
     return [(r["step"], r["rollout/tokens"], r["branch/correct_size"], r["learner/loss"], r["learner/grad_norm"])
             for r in _rows(run_dir) if "learner/loss" in r]

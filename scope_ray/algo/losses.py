@@ -46,6 +46,17 @@ def _check_common(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor
     return used
 
 
+def loss_denominator(aggregation: str, num_prompts: int, num_tokens: float) -> float:
+    """What a loss divides by (the one rule): the prompts of the whole batch ("sum", Eq.
+    6's 1/P) or its response tokens ("token-mean"); global over micro-batches and ranks."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    value = num_prompts if aggregation == "sum" else num_tokens
+    if not value > 0:
+        raise ValueError(f"the {aggregation!r} loss denominator must be > 0, got {value!r}")
+    return float(value)
+
+
 def _aggregate(
     per_rollout: torch.Tensor,
     used: torch.Tensor,
@@ -53,15 +64,12 @@ def _aggregate(
     aggregation: str,
     denominator: float | None,
 ) -> torch.Tensor:
+    if denominator is None:  # this batch is the whole batch
+        denominator = loss_denominator(aggregation, int(torch.unique(group_index).numel()), float(used.sum()))
+    elif not denominator > 0:
+        raise ValueError(f"denominator must be > 0, got {denominator!r}")
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    if denominator is None:
-        if aggregation == "sum":
-            denominator = float(torch.unique(group_index).numel())
-        else:
-            denominator = float(used.sum())
-    if not denominator > 0:
-        raise ValueError(f"denominator must be > 0, got {denominator!r}")
     return per_rollout.sum() / denominator
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from scope_ray.algo._checks import check_1d, check_2d, check_bool, check_group_index
+from scope_ray.algo._checks import check_1d, check_bool, check_group_index
 from scope_ray.algo.weights import segment_ids, segment_sizes
 
 
@@ -83,17 +83,10 @@ def weight_stats(weights: torch.Tensor, members: torch.Tensor, group_index: torc
     }
 
 
-def mean_reverse_kl(
-    logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor, members: torch.Tensor
-) -> float:
-    """Mean per-token sampled reverse KL, log pi_S - log pi_T, over ``members``' tokens."""
-    check_2d("logp", logp)
-    check_2d("teacher_logp", teacher_logp, tuple(logp.shape))
-    check_2d("mask", mask, tuple(logp.shape))
-    check_1d("members", members, logp.shape[0])
-    used = mask.bool() & members[:, None]
-    count = int(used.sum())
+def mean_reverse_kl(log_ratios: Sequence[Sequence[float]]) -> float:
+    """Mean per-token sampled reverse KL over rollouts: ``log_ratios[r]`` holds
+    log pi_S - log pi_T at each response token of rollout r (ragged). NaN if none."""
+    count = sum(len(r) for r in log_ratios)
     if count == 0:
         return math.nan
-    diff = torch.where(used, logp.double() - teacher_logp.double(), torch.zeros((), dtype=torch.float64))
-    return float(diff.sum() / count)
+    return float(sum(math.fsum(float(x) for x in r) for r in log_ratios) / count)

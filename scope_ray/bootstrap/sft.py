@@ -192,22 +192,6 @@ def train_sft(model: torch.nn.Module, examples: Sequence[SFTExample], opts: SFTO
     return result
 
 
-@torch.no_grad()
-def mean_loss(model: torch.nn.Module, examples: Sequence[SFTExample], pad_id: int,
-              batch_size: int = 64) -> float:
-    """Token-weighted mean response NLL (for held-out checks)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0.0
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size], pad_id)
-        n = batch.loss_mask.sum().item()
-        total += response_nll(model, batch).item() * n
-        count += n
-    model.train(was_training)
-    return total / max(count, 1.0)
-
-
 def sample_targets(model_dir: str | Path, problems: Sequence[Problem], *, n_samples: int = 1,
                    temperature: float = 0.6, top_p: float = 1.0, max_tokens: int = 96,
                    seed: int = 0) -> list[tuple[Problem, str]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scope_ray.algo import AlgorithmSpec, needs_teacher_score, rollout_weights, weight_stats
+from scope_ray.algo import AlgorithmSpec, mean_reverse_kl, needs_teacher_score, rollout_weights, weight_stats
 from scope_ray.types import RolloutGroup, ScoreRequest
 
 NAN = float("nan")
@@ -152,7 +152,7 @@ def batch_metrics(spec: AlgorithmSpec, wb: WeightedBatch, learner_version: int) 
         # Sampled reverse KL on scored rollouts: mean over tokens of log pi_S - log pi_T.
         diffs = _scored_log_ratios(groups)
         if diffs:
-            out["teacher/reverse_kl"] = float(np.concatenate(diffs).mean())
+            out["teacher/reverse_kl"] = mean_reverse_kl(diffs)
             out["teacher/scored_rollouts"] = float(len(diffs))
             out["teacher/scored_tokens"] = float(sum(len(d) for d in diffs))
         else:

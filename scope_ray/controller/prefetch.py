@@ -1,15 +1,18 @@
-"""The prefetched step, kept in a checkpoint so ``--resume`` continues exactly.
+"""The prefetched steps, kept in a checkpoint so ``--resume`` continues exactly.
 
-Under ``trainer.max_staleness = 1`` the next step's groups are generated (by the weights
-before the step that was just checkpointed) while the learner trains. Drawing those
-prompts again on resume would generate them with the newer weights: a valid run, but
-not the one that was interrupted. So the checkpoint holds the prefetched groups
-themselves (token ids, engine log-probs, rewards, teacher scores), and, under
-``learner.old_logp: recompute``, the old log-probs the learner computed for them with the
-weights they were sampled under (which the checkpoint does not otherwise keep).
+Under ``trainer.max_staleness = k >= 1`` the next k steps' groups are generated (by
+weights from before the step that was just checkpointed) while the learner trains.
+Drawing those prompts again on resume would generate them with the newer weights: a
+valid run, but not the one that was interrupted. So the checkpoint holds the prefetched
+groups themselves (token ids, engine log-probs, rewards, teacher scores), and, under
+``learner.old_logp: recompute`` (k = 1 only), the old log-probs the learner computed for
+them with the weights they were sampled under (which the checkpoint does not otherwise
+keep).
 
-Format: ``prefetched.json`` (the groups' text fields and layout) and
-``prefetched.safetensors`` (their arrays); no pickle, covered by the manifest.
+Format, per prefetched step i (0 = the next one): ``prefetched.json`` /
+``prefetched.safetensors`` for i = 0, ``prefetched.<i>.json`` / ``.safetensors`` after
+it (the groups' text fields and layout, and their arrays); no pickle, covered by the
+manifest.
 """
 
 from __future__ import annotations
@@ -30,7 +33,13 @@ ARRAYS = "prefetched.safetensors"
 OLD_LOGP = "old_logp"
 
 
-def save(directory: Path, groups: list[RolloutGroup], old_logp: torch.Tensor | None) -> None:
+def _names(i: int) -> tuple[str, str]:
+    if i == 0:
+        return META, ARRAYS
+    return f"prefetched.{i}.json", f"prefetched.{i}.safetensors"
+
+
+def save(directory: Path, groups: list[RolloutGroup], old_logp: torch.Tensor | None, index: int = 0) -> None:
     arrays: dict[str, torch.Tensor] = {}
     meta: list[dict[str, Any]] = []
     for i, g in enumerate(groups):
@@ -47,17 +56,27 @@ def save(directory: Path, groups: list[RolloutGroup], old_logp: torch.Tensor | N
                      "reasons": list(g.reasons), "rollouts": rollouts})
     if old_logp is not None:
         arrays[OLD_LOGP] = old_logp.detach().to(torch.float32).contiguous()
-    save_file(arrays, str(directory / ARRAYS))
-    (directory / META).write_text(json.dumps(meta))
+    meta_name, arrays_name = _names(index)
+    save_file(arrays, str(directory / arrays_name))
+    (directory / meta_name).write_text(json.dumps(meta))
 
 
-def load(directory: Path) -> tuple[list[RolloutGroup], torch.Tensor | None] | None:
-    """The groups and old log-probs saved in ``directory``, or None if it has none."""
-    if not (directory / META).is_file():
+def load_all(directory: Path) -> list[tuple[list[RolloutGroup], torch.Tensor | None]]:
+    """Every prefetched step saved in ``directory``, in order (none: [])."""
+    out = []
+    while (step := load(directory, len(out))) is not None:
+        out.append(step)
+    return out
+
+
+def load(directory: Path, index: int = 0) -> tuple[list[RolloutGroup], torch.Tensor | None] | None:
+    """The groups and old log-probs of prefetched step ``index``, or None if there is none."""
+    meta_name, arrays_name = _names(index)
+    if not (directory / meta_name).is_file():
         return None
-    arrays = load_file(str(directory / ARRAYS))
+    arrays = load_file(str(directory / arrays_name))
     groups = []
-    for i, g in enumerate(json.loads((directory / META).read_text())):
+    for i, g in enumerate(json.loads((directory / meta_name).read_text())):
         rollouts = [Rollout(arrays[f"{i}.{j}.ids"].tolist(), arrays[f"{i}.{j}.logp"].numpy(), r["text"],
                             r["finish_reason"], int(r["policy_version"])) for j, r in enumerate(g["rollouts"])]
         teacher = [arrays[f"{i}.{j}.teacher"].numpy() if f"{i}.{j}.teacher" in arrays else None
@@ -74,6 +93,8 @@ class StoredStep:
     def __init__(self, groups: list[RolloutGroup]) -> None:
         self.groups = groups
         self.clock = StageClock()  # nothing was generated or scored in this process
+
+    done = True  # nothing to pump
 
     def collect(self) -> list[RolloutGroup]:
         return self.groups

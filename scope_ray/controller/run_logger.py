@@ -1,15 +1,16 @@
-"""Where a run's numbers go: metrics.jsonl, TensorBoard events, and a PNG of the curves.
+"""Where a run's numbers go: metrics.jsonl, the experiment trackers (TensorBoard events
+by default; wandb, MLflow: trackers.py), and a PNG of the curves.
 
 ``metrics.jsonl`` holds one JSON object per line with ``step`` and the step's metrics;
 evaluation rows carry ``eval/avg@K`` and ``eval/pass@K``. On resume the file is cut
-back to the resumed step so a replayed step does not appear twice.
+back to the resumed step so a replayed step does not appear twice. A tracker that fails
+is logged and dropped; it never stops the training.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +18,52 @@ logger = logging.getLogger(__name__)
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None, trackers: list[Any] | None = None) -> None:
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None:
             self.truncate(resume_step)
-        self._tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        if trackers is None:
+            trackers = []
+            try:
+                from scope_ray.controller.trackers import TensorBoardTracker
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        except Exception as exc:  # noqa: BLE001 - TensorBoard is optional at run time
-            logger.warning("TensorBoard logging disabled: %s", exc)
+                trackers.append(TensorBoardTracker(run_dir))
+            except Exception as exc:  # noqa: BLE001 - TensorBoard is optional at run time
+                logger.warning("TensorBoard logging disabled: %s", exc)
+        self.trackers = trackers
+
+    @property
+    def uploads_artifacts(self) -> bool:
+        """True when a tracker keeps files of its own (wandb, MLflow), not TensorBoard."""
+        from scope_ray.controller.trackers import TensorBoardTracker
+
+        return any(not isinstance(t, TensorBoardTracker) for t in self.trackers)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        from scope_ray.controller.trackers import finite_scalars
+
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if self._tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(k, v, step)
-            self._tb.flush()
+        scalars = finite_scalars(row)
+        self._each("log", lambda t: t.log(step, scalars))
+
+    def close(self, artifacts: list[Path] = (), failed: bool = False) -> None:  # type: ignore[assignment]
+        """Upload ``artifacts`` (the curves, the summary) and end every tracker's run."""
+        for path in artifacts:
+            if path is not None and Path(path).is_file():
+                self._each("artifact", lambda t, p=Path(path): t.artifact(p))
+        self._each("close", lambda t: t.close(failed))
+        self.trackers = []
+
+    def _each(self, what: str, call: Any) -> None:
+        for tracker in list(self.trackers):
+            try:
+                call(tracker)
+            except Exception as exc:  # noqa: BLE001 - a tracker must not stop the run
+                logger.warning("%s: %s failed (%s); not logging to it any more", type(tracker).__name__, what, exc)
+                self.trackers.remove(tracker)
 
     def truncate(self, step: int) -> None:
         """Drop the rows after ``step`` (they are about to be replayed)."""
@@ -59,10 +84,6 @@ class RunLogger:
                 # A driver killed mid-write leaves a torn last line; the step is replayed.
                 logger.warning("%s line %d is not valid JSON (torn write?); ignoring it", self.path, n)
         return rows
-
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
 
     def plot(self, out: Path | None = None, eval_k: int = 8) -> Path | None:
         """Training curves: rollout accuracy, loss and held-out avg@K / pass@K."""

@@ -396,6 +396,23 @@ class StepStream:
         return True
 
 
+def pump_streams(streams: Sequence[Any], stop_when: Callable[[], bool], slice_s: float = 0.05) -> None:
+    """Pump several steps' streams in turn (a short slice each) until all are done or
+    ``stop_when()``: under max_staleness > 1 the steps ahead all generate at once, and
+    each one's finished samples must reach the verifier and teacher, not only the
+    oldest's. Streams that are done (or stored steps from a checkpoint) are skipped."""
+    while not stop_when():
+        busy = [s for s in streams if not s.done]
+        if not busy:
+            return
+        if len(busy) == 1:
+            busy[0].pump(stop_when=stop_when)
+            continue
+        for stream in busy:
+            until = time.monotonic() + slice_s
+            stream.pump(stop_when=lambda: stop_when() or time.monotonic() > until, poll_s=slice_s / 2)
+
+
 def _foreign_version(results: list[list[Any]], expected: int) -> int | None:
     """The first rollout policy version that is not ``expected``, else None."""
     for group in results:

@@ -18,6 +18,7 @@ from that checkpoint and carries on.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -40,7 +41,8 @@ from scope_ray.controller.groups import WeightedBatch, batch_metrics, weigh_grou
 from scope_ray.controller.rollout_weights import RolloutWeights
 from scope_ray.controller.run_logger import RunLogger
 from scope_ray.controller.stop_signal import StopRequest
-from scope_ray.controller.stream import PromptItem, StepStream, Verifier
+from scope_ray.controller.trackers import open_trackers
+from scope_ray.controller.stream import PromptItem, StepStream, Verifier, pump_streams
 from scope_ray.errors import LearnerFailure, RemoteCallError, TrainingStopped
 
 logger = logging.getLogger(__name__)
@@ -103,12 +105,15 @@ class Trainer:
         self.version = 0
         self.nonfinite_in_a_row = 0
         self.resume_from = resume_from
-        self.log = RunLogger(run_dir, resume_step=resume_from.step if resume_from else None)
+        t = cfg.trainer
+        self.log = RunLogger(run_dir, resume_step=resume_from.step if resume_from else None,
+                             trackers=open_trackers(t.loggers, run_dir, project=t.project, run_name=t.run_name,
+                                                    tags=list(t.tags), config=cfg.to_dict()))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-call")
         # Old log-probs of the prefetched step, computed for (or read from) a checkpoint
         # (old_logp: recompute): used for that one step in place of a recompute.
         self._stored_old_logp: torch.Tensor | None = None
-        self._resumed_step: prefetch.StoredStep | None = None  # its groups, for the first step
+        self._resumed_steps: list[prefetch.StoredStep] = []  # their groups, for the first steps
         # What the rollout workers hold, and how a restarted one is brought up to date.
         self.weights = RolloutWeights(
             lambda: self.parts.rollout_workers, lambda: self.parts.learner, lambda: self.cfg.trainer,
@@ -201,14 +206,13 @@ class Trainer:
         ppr = self.cfg.rollout.prompts_per_request
         return max(1, per_worker if ppr == 0 else min(max(ppr, 8), per_worker))
 
-    def _train_in_background(self, batch, next_stream: StepStream | None) -> tuple[dict[str, float], float]:
-        """Run the learner step in a thread while pumping the next step's stream."""
+    def _train_in_background(self, batch, ahead: list[Any]) -> tuple[dict[str, float], float]:
+        """Run the learner step in a thread while pumping the streams of the steps ahead."""
         t0 = time.perf_counter()
         limit = self.cfg.trainer.train_timeout_s
         fut = self._train_future = self._executor.submit(self.parts.learner.train_step, batch, timeout_s=limit)
         try:
-            if next_stream is not None:
-                next_stream.pump(stop_when=fut.done)
+            pump_streams(ahead, stop_when=fut.done)
             # The learner group enforces the limit and names the rank; this is a backstop.
             metrics = fut.result(timeout=limit + 60.0)
         except FutureTimeout as exc:
@@ -217,6 +221,13 @@ class Trainer:
         finally:
             self._train_future = None
         return metrics, time.perf_counter() - t0
+
+    @staticmethod
+    def _collect(stream: Any, later: list[Any]) -> list:
+        """``stream``'s groups; the streams of later steps are pumped meanwhile, so their
+        samples keep reaching the verifier and teacher (max_staleness > 1)."""
+        pump_streams([stream, *later], stop_when=lambda: stream.done)
+        return stream.collect()
 
     def _recomputed_old_logp(self, batch, wb: WeightedBatch) -> torch.Tensor:
         """pi_old as the learner's own forward pass (verl's default: engine and learner
@@ -248,24 +259,24 @@ class Trainer:
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
         }
 
-    def save_checkpoint(self, prefetched: StepStream | None = None) -> ckpt.CheckpointRef:
+    def save_checkpoint(self, prefetched: list[Any] = ()) -> ckpt.CheckpointRef:  # type: ignore[assignment]
         """Learner state, HF export and the data position; with ``prefetched`` (the next
-        step's stream, max_staleness = 1) also its groups, completed first, so a resume
-        trains on exactly them (prefetch.py)."""
+        steps' streams, max_staleness >= 1) also their groups, completed first, so a
+        resume trains on exactly them (prefetch.py)."""
         staged = ckpt.staging_dir(self.run_dir, self.step)
         limit = self.cfg.trainer.train_timeout_s
         self.parts.learner.save_checkpoint(str(staged / "deepspeed"), timeout_s=limit)
         self.parts.learner.save_hf(str(staged / "hf"), timeout_s=limit)
-        if prefetched is not None:
-            groups = prefetched.collect()
+        for index, stream in enumerate(prefetched):
+            groups = self._collect(stream, prefetched[index + 1:])
             old_logp = None
-            if self.cfg.learner.old_logp == "recompute":
+            if self.cfg.learner.old_logp == "recompute":  # max_staleness 1: one stream
                 # Their sampling weights are the learner's previous ones, not in the checkpoint.
                 wb = self._weigh(groups)
                 old_logp = self._recomputed_old_logp(self._train_batch(wb), wb)
                 # The next step would compute the same (same groups, same learner): keep it.
                 self._stored_old_logp = old_logp
-            prefetch.save(staged, groups, old_logp)
+            prefetch.save(staged, groups, old_logp, index)
         return ckpt.commit(self.run_dir, staged, self.step, self._controller_state(),
                            self.cfg.trainer.keep_checkpoints)
 
@@ -283,14 +294,12 @@ class Trainer:
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         self.parts.train_sampler.load_state_dict(state["sampler"])
         self.parts.learner.load_checkpoint(str(ref.deepspeed_dir), timeout_s=self.cfg.trainer.train_timeout_s)
-        stored = prefetch.load(ref.path)
-        self._resumed_step = None
-        if stored is not None:
-            groups, self._stored_old_logp = stored
-            self._resumed_step = prefetch.StoredStep(groups)
+        stored = prefetch.load_all(ref.path)
+        self._resumed_steps = [prefetch.StoredStep(groups) for groups, _ in stored]
+        self._stored_old_logp = stored[0][1] if stored else None
         self.sync_weights()
         logger.info("resumed from %s at step %d%s", ref.path, self.step,
-                    f" with its {len(stored[0])} prefetched groups" if stored else "")
+                    f" with the prefetched groups of {len(stored)} step(s)" if stored else "")
 
     def _stopped(self, when: str, exc: Exception) -> TrainingStopped:
         """One line naming when, the actor and call (``exc``'s message) and the checkpoint
@@ -340,7 +349,7 @@ class Trainer:
         when = f"at step {self.step + 1}" if during_step else f"after step {self.step}"
         raise TrainingStopped(f"learner failed {when}: {exc}. Stopped{why}; {where}{hint}") from exc
 
-    def _stop_on_request(self, saved: ckpt.CheckpointRef | None, prefetched: StepStream | None) -> None:
+    def _stop_on_request(self, saved: ckpt.CheckpointRef | None, prefetched: list[Any]) -> None:
         """A stop signal arrived during this step: checkpoint it (unless ``saved`` already
         is; even with ``save_every: 0``, so nothing trained is lost) and stop with the
         resume command."""
@@ -351,9 +360,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self, progress: Any = None) -> RunSummary:
+        summary = RunSummary(self.run_dir, 0)
+        try:
+            self._run(summary, progress)
+        except BaseException:
+            self.log.close(failed=True)  # the tracker runs end as failed; metrics.jsonl is complete
+            self._executor.shutdown(wait=False)
+            raise
+        self.log.close(artifacts=self._outputs(summary))
+        self._executor.shutdown(wait=False)
+        return summary
+
+    def _outputs(self, summary: RunSummary) -> list[Path]:
+        """For trackers that keep files (wandb, MLflow): the curves PNG and summary.json
+        (the start and end evaluation, steps and time)."""
+        if not self.log.uploads_artifacts:
+            return []
+        path = self.run_dir / "summary.json"
+        path.write_text(json.dumps({"steps": summary.steps, "seconds": summary.seconds,
+                                    "start_eval": summary.start_eval, "end_eval": summary.end_eval}, indent=1))
+        return [path, self.log.plot(self.run_dir / "curves.png", eval_k=self.cfg.trainer.eval_k)]
+
+    def _run(self, summary: RunSummary, progress: Any) -> None:
         t = self.cfg.trainer
         started = time.perf_counter()
-        summary = RunSummary(self.run_dir, 0)
         try:
             if self.resume_from is not None:
                 self._restore(self.resume_from)
@@ -380,31 +410,32 @@ class Trainer:
         self.weights.check_pending()
         summary.steps = self.step
         summary.seconds = time.perf_counter() - started
-        self.log.close()
-        self._executor.shutdown(wait=False)
-        return summary
 
     def _loop(self, summary: RunSummary, progress: Any) -> None:
-        """Steps from ``self.step`` to the end (re-entered after a learner restore)."""
+        """Steps from ``self.step`` to the end (re-entered after a learner restore).
+
+        ``ahead`` holds the streams of the next steps, already generating: none under
+        max_staleness 0; under k >= 1 up to k, the newest submitted right after the
+        previous step's weights were pushed, so a step trains on rollouts at most k
+        policy versions old."""
         t = self.cfg.trainer
         staleness = t.max_staleness if t.schedule == "stream" else 0
-        stream: StepStream | prefetch.StoredStep | None = self._resumed_step
-        self._resumed_step = None
-        if stream is None and self.step < t.total_steps:
-            stream = self._start_stream()
+        ahead: list[Any] = list(self._resumed_steps)
+        self._resumed_steps = []
         while self.step < t.total_steps:
             step_t0 = time.perf_counter()
-            assert stream is not None
-            groups = stream.collect()
+            if not ahead:
+                ahead.append(self._start_stream())
+            stream = ahead.pop(0)
+            groups = self._collect(stream, ahead)
             clock = stream.clock
             wb = self._weigh(groups)
             batch = self._train_batch(wb)
             if self.cfg.learner.old_logp == "recompute":
                 batch.old_logp = self._recomputed_old_logp(batch, wb)
-            next_stream = None
-            if staleness >= 1 and self.step + 1 < t.total_steps:
-                next_stream = self._start_stream()
-            learner_metrics, train_s = self._train_in_background(batch, next_stream)
+            while len(ahead) < staleness and self.step + 1 + len(ahead) < t.total_steps:
+                ahead.append(self._start_stream())
+            learner_metrics, train_s = self._train_in_background(batch, ahead)
             self.step += 1
             skipped = bool(learner_metrics.get("skipped", False))
             self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
@@ -414,7 +445,7 @@ class Trainer:
             else:
                 self.version += 1
             if not skipped:
-                self.sync_weights(wait=next_stream is None)
+                self.sync_weights(wait=not ahead)
             step_s = time.perf_counter() - step_t0
             metrics = batch_metrics(self.spec, wb, learner_version=self.version - (0 if skipped else 1))
             metrics.update({f"learner/{k}": float(v) for k, v in learner_metrics.items() if _is_number(v)})
@@ -447,12 +478,9 @@ class Trainer:
                 )
             saved = None
             if t.save_every > 0 and (self.step % t.save_every == 0 or self.step == t.total_steps):
-                saved = self.save_checkpoint(prefetched=next_stream)
+                saved = self.save_checkpoint(prefetched=ahead)
             if self.stop_request.signal is not None and self.step < t.total_steps:
-                self._stop_on_request(saved, prefetched=next_stream)
-            stream = next_stream if next_stream is not None else (
-                self._start_stream() if self.step < t.total_steps else None
-            )
+                self._stop_on_request(saved, prefetched=ahead)
 
 
 def _first_eval(rows: list[dict[str, Any]], k: int) -> dict[str, float]:

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from scope_ray.algo import AlgorithmSpec, LossInputs, compute_loss, distill_path, get_algorithm, grpo_advantages
+from scope_ray.algo import (AlgorithmSpec, LossInputs, compute_loss, distill_path, get_algorithm, grpo_advantages,
+                            loss_denominator)
 from scope_ray.batching import TrainBatch, micro_batch_indices
 from scope_ray.learner import engine as eng
 from scope_ray.learner.metrics import RankStepStats
@@ -41,13 +42,6 @@ from scope_ray.learner.weights import copy_weights_into, export_state, iter_stat
 from scope_ray.modeling import token_logprobs
 
 logger = logging.getLogger(__name__)
-
-
-def global_denominator(aggregation: str, num_prompts: int, num_tokens: int) -> float:
-    value = num_prompts if aggregation == "sum" else num_tokens
-    if value <= 0:
-        raise ValueError(f"global {aggregation!r} denominator must be > 0, got {value}")
-    return float(value)
 
 
 def check_batch(batch: TrainBatch, spec: AlgorithmSpec, kl_beta: float) -> None:
@@ -156,7 +150,7 @@ class LearnerCore:
         self._require_engine()
         t0 = time.perf_counter()
         check_batch(shard, self.spec, self.options.kl_beta)
-        denominator = global_denominator(self.options.aggregation, num_prompts_global, num_tokens_global)
+        denominator = loss_denominator(self.options.aggregation, num_prompts_global, num_tokens_global)
         # Group statistics need whole groups: computed on the shard, sliced per micro-batch.
         advantages = grpo_advantages(shard.rewards, shard.group_index) if self.spec.loss == "grpo" else None
         parts = micro_batch_indices(shard.lengths(), micro_batch_tokens or self.options.micro_batch_tokens)
