@@ -251,8 +251,11 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     from scope_ray.algo import get_algorithm
 
     m, r, t, lr, a, tr = cfg.model, cfg.rollout, cfg.teacher, cfg.learner, cfg.algorithm, cfg.trainer
-    grpo = a.name == "grpo"  # GRPO needs no teacher (its KL reference is the initial student)
-    _require(bool(m.student) == bool(m.teacher) or (grpo and m.student), "model.teacher" if m.student else "model.student",
+    from scope_ray.algo import ALGORITHMS
+
+    # An algorithm without a teacher (GRPO: its KL reference is the initial student).
+    teacherless = a.name in ALGORITHMS and not ALGORITHMS[a.name].needs_teacher
+    _require(bool(m.student) == bool(m.teacher) or (teacherless and m.student), "model.teacher" if m.student else "model.student",
              "set both model.student and model.teacher, or neither (embedded default)")
     for key, path in (("model.student", m.student), ("model.teacher", m.teacher)):
         if path and check_paths:
@@ -291,8 +294,9 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(t.max_wait_ms >= 0, "teacher.max_wait_ms", "must be >= 0")
     _require(0 < t.gpu_memory_utilization <= 1, "teacher.gpu_memory_utilization", "must be in (0, 1]")
     _require(t.temperature > 0, "teacher.temperature", "must be > 0")
-    _require(t.backend == "hf" or not grpo or a.kl_beta == 0 or r.temperature == 1.0, "teacher.backend",
-             "must be 'hf' for grpo when rollout.temperature != 1 (the reference is scored tempered)")
+    reference = a.name in ALGORITHMS and ALGORITHMS[a.name].scorer(a.kl_beta) == "reference"
+    _require(t.backend == "hf" or not reference or r.temperature == 1.0, "teacher.backend",
+             f"must be 'hf' for {a.name} when rollout.temperature != 1 (the reference is scored tempered)")
     _require(t.backend == "hf" or t.temperature == 1.0, "teacher.temperature",
              "must be 1.0 with teacher.backend 'vllm' (its prompt log-probs are raw); use backend 'hf'")
     _require(lr.num_workers >= 1, "learner.num_workers", "must be >= 1")

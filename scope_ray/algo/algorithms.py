@@ -37,6 +37,11 @@ class AlgorithmSpec:
     def needs_reference(self) -> bool:
         return self.loss == "grpo"
 
+    def advantages(self, rewards: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor | None:
+        """Group-relative advantages for a policy-gradient loss (GRPO), None for the
+        distillation family. Needs whole groups: the learner computes them per shard."""
+        return grpo_advantages(rewards, group_index) if self.loss == "grpo" else None
+
     def scorer(self, kl_beta: float) -> Literal["teacher", "reference"] | None:
         """The scoring server a run starts: the teacher, the frozen initial student
         (GRPO's KL reference, only with ``kl_beta > 0``), or none."""

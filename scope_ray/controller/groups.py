@@ -105,11 +105,10 @@ def weigh_groups(
         teacher_mean_logp=torch.tensor(ell_t, dtype=torch.float64),
         weights=torch.ones(len(correct)),
     )
-    if spec.loss == "scope":
-        batch.weights = rollout_weights(
-            spec, c, batch.student_mean_logp, batch.teacher_mean_logp, batch.group_index,
-            tau=tau, normalize=normalize,  # type: ignore[arg-type]
-        )
+    batch.weights = rollout_weights(  # 1 for the unweighted algorithms (OPD, GRPO)
+        spec, c, batch.student_mean_logp, batch.teacher_mean_logp, batch.group_index,
+        tau=tau, normalize=normalize,  # type: ignore[arg-type]
+    )
     return batch
 
 
@@ -140,7 +139,7 @@ def batch_metrics(spec: AlgorithmSpec, wb: WeightedBatch, learner_version: int) 
             reasons[r] = reasons.get(r, 0) + 1
     for r, k in reasons.items():
         out[f"verifier/{r}"] = k / n
-    if spec.loss == "scope":
+    if spec.needs_teacher:
         from scope_ray.algo import distill_path
 
         mle = distill_path(spec, wb.correct)

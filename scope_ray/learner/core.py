@@ -29,8 +29,7 @@ from pathlib import Path
 
 import torch
 
-from scope_ray.algo import (AlgorithmSpec, LossInputs, compute_loss, distill_path, get_algorithm, grpo_advantages,
-                            loss_denominator)
+from scope_ray.algo import AlgorithmSpec, LossInputs, compute_loss, distill_path, get_algorithm, loss_denominator
 from scope_ray.batching import TrainBatch, micro_batch_indices
 from scope_ray.learner import engine as eng
 from scope_ray.learner.metrics import RankStepStats
@@ -48,7 +47,7 @@ def check_batch(batch: TrainBatch, spec: AlgorithmSpec, kl_beta: float) -> None:
     """Everything the loss would reject, checked before any collective starts (a rank
     raising mid-step would leave the others waiting). Raises ValueError."""
     batch.validate()
-    if spec.loss == "scope":
+    if spec.needs_teacher:
         distilled = (~distill_path(spec, batch.correct))[:, None] & batch.response_mask.bool()
         if not bool(torch.isfinite(batch.teacher_logp[distilled]).all()):
             raise ValueError(f"{spec.name}: teacher_logp is missing (NaN) on a response token of a distilled rollout")
@@ -152,7 +151,7 @@ class LearnerCore:
         check_batch(shard, self.spec, self.options.kl_beta)
         denominator = loss_denominator(self.options.aggregation, num_prompts_global, num_tokens_global)
         # Group statistics need whole groups: computed on the shard, sliced per micro-batch.
-        advantages = grpo_advantages(shard.rewards, shard.group_index) if self.spec.loss == "grpo" else None
+        advantages = self.spec.advantages(shard.rewards, shard.group_index)
         parts = micro_batch_indices(shard.lengths(), micro_batch_tokens or self.options.micro_batch_tokens)
         passes = self._agree_max(len(parts))
         if passes == 0:
