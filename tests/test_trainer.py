@@ -63,6 +63,10 @@ def test_run_writes_metrics_checkpoints_and_curves(uninterrupted):
         assert r["rollout/staleness_max"] == 0
         # Teacher scoring that outlasted generation is part of the step, never more.
         assert 0.0 <= r["time/score_tail_s"] <= r["time/step_s"]
+        # The step's named phases, in order, make up the step (up to the metrics' own bookkeeping).
+        phases = [r[f"time/phase_{p}_s"] for p in ("rollouts", "weigh", "train", "push")]
+        assert min(phases) >= 0 and sum(phases) <= r["time/step_s"] <= sum(phases) + 0.5
+        assert r["time/phase_train_s"] >= r["time/train_s"]
     assert (run_dir / "curves.png").stat().st_size > 1000
     assert any((run_dir / "tensorboard").iterdir())
     assert ckpt.latest_valid(run_dir).step == 3

@@ -1,4 +1,5 @@
-"""The training loop: the one place that knows the order of things.
+"""The training loop: the one place that knows the order of things (each phase of a step
+named and timed in ``_loop``: rollouts, weigh, train, push, then log / evaluate / checkpoint).
 
 Per step: take B prompts -> stream them (generate, verify, teacher-score the rollouts
 that need it) -> group-level weights -> one learner step -> push the new weights to the
@@ -38,6 +39,7 @@ from scope_ray.controller import checkpoint as ckpt
 from scope_ray.controller import prefetch
 from scope_ray.controller.evaluation_loop import evaluate_with_workers
 from scope_ray.controller.groups import WeightedBatch, batch_metrics, weigh_groups
+from scope_ray.controller.phases import Phases
 from scope_ray.controller.rollout_weights import RolloutWeights
 from scope_ray.controller.run_logger import RunLogger
 from scope_ray.controller.stop_signal import StopRequest
@@ -424,18 +426,22 @@ class Trainer:
         self._resumed_steps = []
         while self.step < t.total_steps:
             step_t0 = time.perf_counter()
-            if not ahead:
-                ahead.append(self._start_stream())
-            stream = ahead.pop(0)
-            groups = self._collect(stream, ahead)
+            phase = Phases(self.step + 1)
+            with phase("rollouts"):  # generate, verify, teacher-score: streamed together
+                if not ahead:
+                    ahead.append(self._start_stream())
+                stream = ahead.pop(0)
+                groups = self._collect(stream, ahead)
             clock = stream.clock
-            wb = self._weigh(groups)
-            batch = self._train_batch(wb)
-            if self.cfg.learner.old_logp == "recompute":
-                batch.old_logp = self._recomputed_old_logp(batch, wb)
-            while len(ahead) < staleness and self.step + 1 + len(ahead) < t.total_steps:
-                ahead.append(self._start_stream())
-            learner_metrics, train_s = self._train_in_background(batch, ahead)
+            with phase("weigh"):  # routing and group-normalised weights, the learner batch
+                wb = self._weigh(groups)
+                batch = self._train_batch(wb)
+                if self.cfg.learner.old_logp == "recompute":
+                    batch.old_logp = self._recomputed_old_logp(batch, wb)
+            with phase("train"):  # the steps ahead start generating first, then one learner step
+                while len(ahead) < staleness and self.step + 1 + len(ahead) < t.total_steps:
+                    ahead.append(self._start_stream())
+                learner_metrics, train_s = self._train_in_background(batch, ahead)
             self.step += 1
             skipped = bool(learner_metrics.get("skipped", False))
             self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
@@ -444,8 +450,9 @@ class Trainer:
                                self.step, self.nonfinite_in_a_row, t.max_nonfinite_steps)
             else:
                 self.version += 1
-            if not skipped:
-                self.sync_weights(wait=not ahead)
+            with phase("push"):  # the new weights to the rollout workers
+                if not skipped:
+                    self.sync_weights(wait=not ahead)
             step_s = time.perf_counter() - step_t0
             metrics = batch_metrics(self.spec, wb, learner_version=self.version - (0 if skipped else 1))
             metrics.update({f"learner/{k}": float(v) for k, v in learner_metrics.items() if _is_number(v)})
@@ -460,6 +467,7 @@ class Trainer:
                 "time/sync_s": self.weights.take_seconds(),
                 "perf/rollout_tokens_per_s": metrics["rollout/tokens"] / max(step_s, 1e-9),
                 "policy_version": float(self.version),
+                **phase.metrics(),
             })
             if t.eval_every > 0 and self.step % t.eval_every == 0 and self.step < t.total_steps:
                 metrics.update(self.evaluate())
@@ -478,7 +486,8 @@ class Trainer:
                 )
             saved = None
             if t.save_every > 0 and (self.step % t.save_every == 0 or self.step == t.total_steps):
-                saved = self.save_checkpoint(prefetched=ahead)
+                with phase("checkpoint"):  # after the row is logged: in train.log (debug) only
+                    saved = self.save_checkpoint(prefetched=ahead)
             if self.stop_request.signal is not None and self.step < t.total_steps:
                 self._stop_on_request(saved, prefetched=ahead)
 
