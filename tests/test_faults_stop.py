@@ -173,13 +173,16 @@ def test_hung_broadcast_receiver(parts, tiny_bootstrap, tmp_path) -> None:
 
 def test_broadcast_with_staleness_1_sends_held_back_pushes_before_new_work(parts, tiny_bootstrap, tmp_path) -> None:
     """max_staleness 1: the push after each step is held back while the workers generate
-    the next one, and sent before they get the step after; every rollout is then at most
-    one version old and the workers end on the final weights."""
+    the next one, and sent before they get the step after (or an evaluation); every
+    rollout is then at most one version old and the workers end on the final weights."""
     trainer = _trainer(tiny_bootstrap, parts, tmp_path, steps=3,
-                       extra=("trainer.save_every=0", "rollout.weight_sync=broadcast", "trainer.max_staleness=1"))
+                       extra=("trainer.save_every=0", "rollout.weight_sync=broadcast", "trainer.max_staleness=1",
+                              "trainer.eval_every=2"))
     summary = trainer.run()
     assert summary.steps == 3
     steps = [r for r in rows(tmp_path) if "learner/loss" in r]
+    # The evaluation after step 2 (step 3 generating beside it) ran on the step-2 weights.
+    assert "eval/avg@2" in steps[1] and "eval/avg@2" not in steps[0]
     assert [r["policy_version"] for r in steps] == [1.0, 2.0, 3.0]
     assert [r["rollout/staleness_max"] for r in steps] == [0.0, 1.0, 1.0]
     assert steps[0]["learner/logp_gap"] <= 1e-5  # step 1 sampled with the synced version-0 weights

@@ -87,6 +87,11 @@ class RolloutWeights:
                 self.check_pending()
         self._seconds += time.perf_counter() - t0
 
+    @property
+    def held_back(self) -> bool:
+        """A broadcast waits to be sent (:meth:`flush`)."""
+        return self._deferred is not None
+
     def flush(self) -> None:
         """broadcast: send a push that was held back. Call it only while no generation of
         the trainer's is queued on the workers (they must all be in the collective)."""

@@ -469,6 +469,12 @@ class Trainer:
                 "policy_version": float(self.version),
                 **phase.metrics(),
             })
+            evaluating = (t.eval_every > 0 and self.step % t.eval_every == 0) or (
+                self.step == t.total_steps and (t.eval_every > 0 or t.eval_at_end))
+            if evaluating and self.weights.held_back:
+                # A held-back broadcast needs every worker in it: let the step ahead finish
+                # generating first, or the send would wait behind it (up to sync_timeout_s).
+                pump_streams(ahead, stop_when=lambda: all(s.done for s in ahead))
             if t.eval_every > 0 and self.step % t.eval_every == 0 and self.step < t.total_steps:
                 metrics.update(self.evaluate())
             if self.step == t.total_steps and (t.eval_every > 0 or t.eval_at_end):
