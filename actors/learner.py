@@ -94,9 +94,6 @@ class LearnerWorker:
     def connect_weight_group(self) -> None:
         self.core.connect_weight_group()
 
-    def close_weight_group(self) -> None:
-        self.core.close_weight_group()
-
     def broadcast_weights(self, bucket_mb: float) -> dict[str, Any] | None:
         return self.core.broadcast_weights(bucket_mb)
 
@@ -259,9 +256,6 @@ class LearnerGroup:
         """A rank-0 call started without waiting (connect_weight_group), as a LearnerFailure
         when it fails or hangs."""
         return self._get(ref, call, timeout_s)
-
-    def close_weight_group(self, *, timeout_s: float | None = None) -> None:
-        self._get(self.workers[0].close_weight_group.remote(), "close_weight_group", timeout_s)
 
     def broadcast_weights(self, bucket_mb: float, *, timeout_s: float | None = None) -> dict[str, Any]:
         """Rank 0's report: bytes/tensors/seconds sent, or ``{"error": ...}`` when the
