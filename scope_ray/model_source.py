@@ -63,7 +63,8 @@ def resolve_model(value: str) -> str:
     except Exception as exc:  # noqa: BLE001 - huggingface_hub has many; one line names them
         where = f"not in the Hugging Face cache {cache}" + (" (HF_HUB_OFFLINE=1: the network was not tried)"
                                                              if offline else " and not downloadable")
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelNotFound(f"{value!r} is not a local directory, and {where}: {type(exc).__name__}: "
-                            f"{reason[:300]}") from None
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = text.split(". ")[0][:200]  # huggingface_hub's first sentence: the rest is advice
+        raise ModelNotFound(f"{value!r} is not a local directory, and {where} "
+                            f"({type(exc).__name__}{': ' + reason if reason else ''})") from None
     return str(path)

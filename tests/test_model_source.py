@@ -91,3 +91,11 @@ def test_trains_from_hub_ids_offline(ray_session, tiny_bootstrap, offline_cache,
     dump_config(cfg, tmp_path / "config.yaml")
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]
     assert saved["student"] == str(student) and saved["teacher"] == str(teacher)
+
+
+def test_scope_ray_eval_resolves_its_model_the_same_way(offline_cache, tiny_bootstrap, capsys) -> None:
+    from scope_ray.cli import main
+
+    assert main(["eval", "--model", "nobody/nothing", "--data", str(tiny_bootstrap.test_file), "--k", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("scope-ray: config error: --model: 'nobody/nothing' is not a local")
