@@ -87,6 +87,38 @@ def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_boot
         assert set(groups.values()) == {None}
 
 
+def test_rollout_worker_killed_with_two_steps_ahead(ray_session, tiny_bootstrap, tmp_path, monkeypatch,
+                                                   caplog) -> None:
+    """max_staleness 2: two steps' calls are queued on the worker when it is killed. Its
+    lost calls of both streams are re-issued once it has the newest weights; the run
+    ends with every group of every step taken once and no rollout more than 2 versions
+    old. (Not equal to a fault-free run: the re-issued samples come from newer weights.)"""
+    accepted = {"samples": 0, "killed": False}
+    original = StepStream._on_generated
+
+    def kill_once_two_streams_are_out(self: StepStream, samples: list) -> None:
+        before = sum(r is not None for g in self._groups.values() for r in g.rollouts)
+        original(self, samples)
+        accepted["samples"] += sum(r is not None for g in self._groups.values() for r in g.rollouts) - before
+        if accepted["samples"] > 20 and not accepted["killed"]:  # inside step 2, step 3 queued behind it
+            accepted["killed"] = True
+            ray.kill(self.workers[0], no_restart=False)
+
+    monkeypatch.setattr(StepStream, "_on_generated", kill_once_two_streams_are_out)
+    cfg = fault_cfg(tiny_bootstrap, tmp_path, steps=4, extra=["trainer.max_staleness=2", "trainer.save_every=0"])
+    with caplog.at_level(logging.WARNING, logger="scope_ray.controller"):
+        trainer, summary = run_trainer(cfg, tmp_path)
+    assert accepted["killed"] and summary.steps == 4
+    assert any("the actor died" in r.getMessage() for r in caplog.records)
+    assert trainer.rollout_recoveries >= 1
+    assert accepted["samples"] == 4 * 16  # every sample of every step taken exactly once
+    steps = [r for r in rows(tmp_path) if "learner/loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for r in steps:
+        assert r["branch/correct_size"] + r["branch/incorrect_size"] == 16
+        assert r["rollout/staleness_max"] <= 2
+
+
 def test_teacher_replicas_killed_while_scoring(ray_session, tiny_bootstrap, baseline, tmp_path,
                                                monkeypatch) -> None:
     """Two replicas. Step 2: replica 0 is killed under a scoring call and restarted by

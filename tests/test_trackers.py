@@ -32,16 +32,30 @@ def _cfg(boot: Any, run_dir: Path, steps: int = 3) -> Any:
     ])
 
 
-@pytest.fixture
-def tracker_env(tmp_path, monkeypatch) -> dict[str, Path]:
-    paths = {"wandb": tmp_path / "wandb", "mlflow": tmp_path / "mlruns"}
+@pytest.fixture(scope="module")
+def tracker_env(tmp_path_factory) -> Any:
+    """wandb offline and MLflow on a local file store, for this module's runs."""
+    root = tmp_path_factory.mktemp("trackers")
+    paths = {"wandb": root / "wandb", "mlflow": root / "mlruns"}
     paths["wandb"].mkdir()
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(paths["wandb"]))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{paths['mlflow']}")
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    return paths
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_DIR", str(paths["wandb"]))
+        mp.setenv("WANDB_SILENT", "true")
+        mp.setenv("MLFLOW_TRACKING_URI", f"file:{paths['mlflow']}")
+        mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        yield paths
+
+
+@pytest.fixture(scope="module")
+def tracked_run(ray_session, tiny_bootstrap, tracker_env, tmp_path_factory) -> Path:
+    """One 3-step run logging to all three trackers (the tests below read it back, then
+    resume it)."""
+    from scope_ray.controller.launch import run_training
+
+    run_dir = tmp_path_factory.mktemp("tracked") / "run"
+    run_training(_cfg(tiny_bootstrap, run_dir), run_dir, None, show_progress=False)
+    return run_dir
 
 
 def _wandb_records(run_file: Path) -> list[Any]:
@@ -80,13 +94,10 @@ def _jsonl(run_dir: Path) -> dict[int, dict[str, float]]:
     return {r["step"]: trackers.finite_scalars(r) for r in rows}
 
 
-def test_wandb_and_mlflow_get_every_step_config_and_artifacts(ray_session, tiny_bootstrap, tracker_env, tmp_path):
+def test_wandb_and_mlflow_get_every_step_config_and_artifacts(tracked_run, tracker_env):
     from mlflow.tracking import MlflowClient
 
-    from scope_ray.controller.launch import run_training
-
-    run_dir = tmp_path / "run"
-    run_training(_cfg(tiny_bootstrap, run_dir), run_dir, None, show_progress=False)
+    run_dir = tracked_run
     want = _jsonl(run_dir)
     assert sorted(want) == [0, 1, 2, 3] and "eval/avg@2" in want[3] and "learner/loss" in want[1]
     ids = json.loads((run_dir / trackers.STATE_FILE).read_text())
@@ -118,24 +129,24 @@ def test_wandb_and_mlflow_get_every_step_config_and_artifacts(ray_session, tiny_
     assert sum(r.WhichOneof("record_type") == "artifact" for r in records) == 2  # curves.png, summary.json
 
 
-def test_a_resumed_run_continues_the_same_tracker_runs(ray_session, tiny_bootstrap, tracker_env, tmp_path):
+def test_a_resumed_run_continues_the_same_tracker_runs(tracked_run, tracker_env, tiny_bootstrap):
+    """The run above, stopped after step 2 (its step-3 checkpoint taken away) and resumed."""
     from mlflow.tracking import MlflowClient
 
     from scope_ray.controller.launch import run_training
 
-    run_dir = tmp_path / "run"
-    run_training(_cfg(tiny_bootstrap, run_dir, steps=2), run_dir, None, show_progress=False)
+    run_dir = tracked_run
     ids = json.loads((run_dir / trackers.STATE_FILE).read_text())
-    shutil.rmtree(ckpt.checkpoints_dir(run_dir) / "step_000002")  # as if stopped after step 1
+    shutil.rmtree(ckpt.checkpoints_dir(run_dir) / "step_000003")
     ref = ckpt.latest_valid(run_dir)
-    assert ref is not None and ref.step == 1
-    run_training(_cfg(tiny_bootstrap, run_dir, steps=3), run_dir, ref, show_progress=False)
+    assert ref is not None and ref.step == 2
+    run_training(_cfg(tiny_bootstrap, run_dir), run_dir, ref, show_progress=False)
     assert json.loads((run_dir / trackers.STATE_FILE).read_text()) == ids
     client = MlflowClient()
     [run] = client.search_runs([client.get_experiment_by_name("scope-test").experiment_id])
     assert run.info.run_id == ids["mlflow"] and run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "learner/loss")]
-    assert steps == [1, 2, 2, 3]  # step 2 replayed after the resume: MLflow keeps both
+    assert steps == [1, 2, 3, 3]  # step 3 replayed after the resume: MLflow keeps both
     runs = sorted((tracker_env["wandb"] / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(p.name.endswith(ids["wandb"]) for p in runs)  # the same wandb run, twice
 

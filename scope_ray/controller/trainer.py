@@ -5,16 +5,16 @@ Per step: take B prompts -> stream them (generate, verify, teacher-score the rol
 that need it) -> group-level weights -> one learner step -> push the new weights to the
 rollout workers -> log, evaluate, checkpoint.
 
-With ``max_staleness = 1`` the next step's prompts are submitted before the learner
-trains, and that stream is pumped while the learner works, so generation and teacher
-scoring of step s+1 overlap the gradient step of step s (its rollouts are then one
-policy version old; rho corrects for it).
+With ``max_staleness = k >= 1`` the next k steps' prompts are submitted before the
+learner trains, and those streams are pumped while the learner works, so generation and
+teacher scoring of the steps ahead overlap the gradient step (their rollouts are then up
+to k policy versions old; rho corrects for it).
 
-Faults (docs/RELIABILITY.md): a restarted rollout worker gets the latest weights
-(:mod:`scope_ray.controller.rollout_weights`, kept as one object-store ref) before
-its prompts are re-issued; a learner failure stops the run naming the call and the last
-checkpoint, or (``trainer.on_learner_failure: restore``) rebuilds the learner group
-from that checkpoint and carries on.
+Faults (docs/RELIABILITY.md): a restarted rollout worker gets the latest weights before
+its prompts are re-issued (:mod:`scope_ray.controller.rollout_weights`); a learner
+failure stops the run naming the call and the last checkpoint, or (``trainer.
+on_learner_failure: restore``) rebuilds the learner group from that checkpoint and
+carries on (:mod:`scope_ray.controller.learner_failure`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from scope_ray.controller import checkpoint as ckpt
 from scope_ray.controller import prefetch
 from scope_ray.controller.evaluation_loop import evaluate_with_workers
 from scope_ray.controller.groups import WeightedBatch, batch_metrics, weigh_groups
+from scope_ray.controller.learner_failure import handle_learner_failure
 from scope_ray.controller.phases import Phases
 from scope_ray.controller.rollout_weights import RolloutWeights
 from scope_ray.controller.run_logger import RunLogger
@@ -312,44 +313,14 @@ class Trainer:
         return TrainingStopped(f"{when}: {exc}. Stopped; {where}")
 
     def _on_learner_failure(self, exc: Exception) -> None:
-        """Stop with a message naming the failure and the last checkpoint, or (policy
-        ``restore``) replace the learner group and continue from that checkpoint."""
-        t = self.cfg.trainer
-        last = ckpt.latest_valid(self.run_dir)
-        where = f"last checkpoint: {last.path}" if last is not None else "no checkpoint written yet"
-        can_restore = last is not None and self.parts.make_learner is not None
-        if t.on_learner_failure == "restore" and can_restore and self.learner_restores < t.actor_max_restarts:
-            assert last is not None and self.parts.make_learner is not None
-            self.learner_restores += 1
-            logger.error("%s; restoring the learner group from %s (restore %d of at most %d)",
-                         exc, last.path, self.learner_restores, t.actor_max_restarts)
-            t0 = time.perf_counter()
-            try:
-                self.parts.learner.shutdown()
-            except Exception as down:  # noqa: BLE001 - the old group is being discarded anyway
-                logger.warning("shutting down the failed learner group: %s", down)
-            # A hung call may still hold the old thread; later steps must not queue behind it.
-            self._executor.shutdown(wait=False)
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-call")
-            try:
-                self.parts.learner = self.parts.make_learner()
-                self._restore(last)
-            except Exception as again:  # noqa: BLE001 - becomes the stop message
-                raise TrainingStopped(f"learner failed ({exc}) and restoring it from {last.path} failed too: "
-                                      f"{again}") from again
-            self.log.truncate(last.step)
-            logger.warning("learner group restored at step %d in %.1f s", self.step, time.perf_counter() - t0)
-            return
-        why = ""
-        if t.on_learner_failure == "restore":
-            why = (" (no checkpoint to restore from)" if not can_restore
-                   else f" (no restore left: trainer.actor_max_restarts is {t.actor_max_restarts})")
-        hint = f"; continue with: scope-ray train --resume {self.run_dir}" if last is not None else ""
-        # The step counter moves on once the learner has trained; the weight export and the
-        # checkpoint come after that, so they failed *after* the step, not in the next one.
-        during_step = getattr(exc, "call", "train_step") in ("train_step", "compute_logprobs")
-        when = f"at step {self.step + 1}" if during_step else f"after step {self.step}"
-        raise TrainingStopped(f"learner failed {when}: {exc}. Stopped{why}; {where}{hint}") from exc
+        """Stop naming the failure and the last checkpoint, or restore (learner_failure.py)."""
+        handle_learner_failure(self, exc)
+
+    def _fresh_executor(self) -> None:
+        """A new thread for learner calls: a hung call may still hold the old one, and
+        later steps must not queue behind it."""
+        self._executor.shutdown(wait=False)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-call")
 
     def _stop_on_request(self, saved: ckpt.CheckpointRef | None, prefetched: list[Any]) -> None:
         """A stop signal arrived during this step: checkpoint it (unless ``saved`` already
