@@ -248,11 +248,9 @@ def _require(cond: bool, key: str, msg: str) -> None:
 
 
 def _validate(cfg: RunConfig, check_paths: bool) -> None:
-    from scope_ray.algo import get_algorithm
+    from scope_ray.algo import ALGORITHMS, get_algorithm
 
     m, r, t, lr, a, tr = cfg.model, cfg.rollout, cfg.teacher, cfg.learner, cfg.algorithm, cfg.trainer
-    from scope_ray.algo import ALGORITHMS
-
     # An algorithm without a teacher (GRPO: its KL reference is the initial student).
     teacherless = a.name in ALGORITHMS and not ALGORITHMS[a.name].needs_teacher
     _require(bool(m.student) == bool(m.teacher) or (teacherless and m.student), "model.teacher" if m.student else "model.student",

@@ -129,24 +129,26 @@ def test_hung_train_step(parts, tiny_bootstrap, tmp_path, monkeypatch) -> None:
     ray.get(sleeps[0][1])
 
 
-def test_hung_weight_export(parts, tiny_bootstrap, tmp_path) -> None:
-    trainer = _trainer(tiny_bootstrap, parts, tmp_path, sync_timeout_s=1.0)
-    sleep = _sleep_in(parts.learner.workers[0], 4.0)
+def _sync_against_a_sleeping(actor: Any, trainer: Trainer, error: type[Exception], message: str) -> None:
+    """``actor`` sleeps 4 s; the sync must fail with ``message`` within its 1 s timeout."""
+    sleep = _sleep_in(actor, 4.0)
     t0 = time.monotonic()
-    with pytest.raises(LearnerFailure, match=r"learner worker 0: export_weights\(\) did not return within 1 s"):
+    with pytest.raises(error, match=message):
         trainer.sync_weights()
     assert time.monotonic() - t0 < 4.0
     ray.get(sleep)
+
+
+def test_hung_weight_export(parts, tiny_bootstrap, tmp_path) -> None:
+    trainer = _trainer(tiny_bootstrap, parts, tmp_path, sync_timeout_s=1.0)
+    _sync_against_a_sleeping(parts.learner.workers[0], trainer, LearnerFailure,
+                             r"learner worker 0: export_weights\(\) did not return within 1 s")
 
 
 def test_hung_weight_update(parts, tiny_bootstrap, tmp_path) -> None:
     trainer = _trainer(tiny_bootstrap, parts, tmp_path, sync_timeout_s=1.0)
-    sleep = _sleep_in(parts.rollout_workers[0], 4.0)
-    t0 = time.monotonic()
-    with pytest.raises(RemoteCallError, match=r"rollout worker 0: update_weights\(\) did not return within 1 s"):
-        trainer.sync_weights()
-    assert time.monotonic() - t0 < 4.0
-    ray.get(sleep)
+    _sync_against_a_sleeping(parts.rollout_workers[0], trainer, RemoteCallError,
+                             r"rollout worker 0: update_weights\(\) did not return within 1 s")
 
 
 def test_hung_broadcast_receiver(parts, tiny_bootstrap, tmp_path) -> None:
@@ -157,14 +159,10 @@ def test_hung_broadcast_receiver(parts, tiny_bootstrap, tmp_path) -> None:
                        sync_timeout_s=1.0)
     first_group = ray.get(parts.rollout_workers[0].weight_group.remote())
     assert first_group is not None
-    sleep = _sleep_in(parts.rollout_workers[0], 4.0)
-    t0 = time.monotonic()
     # Asked first whether it is still in the group (a restarted worker is not), which it
     # does not answer either.
-    with pytest.raises(RemoteCallError, match=r"rollout worker 0: weight_group\(\) did not return within 1 s"):
-        trainer.sync_weights()
-    assert time.monotonic() - t0 < 4.0
-    ray.get(sleep)
+    _sync_against_a_sleeping(parts.rollout_workers[0], trainer, RemoteCallError,
+                             r"rollout worker 0: weight_group\(\) did not return within 1 s")
     trainer.cfg.trainer = dataclasses.replace(trainer.cfg.trainer, sync_timeout_s=60.0)
     trainer.sync_weights()
     assert ray.get(parts.rollout_workers[0].weight_group.remote()) == first_group

@@ -154,7 +154,8 @@ def run_training(cfg: RunConfig, run_dir: Path, resume_from: ckpt.CheckpointRef 
                 eval_k=cfg.trainer.eval_k, enabled=show_progress) as progress:
             trainer = Trainer(cfg, run_dir, parts, resume_from, stop_request)
             summary = trainer.run(progress.update)
-        trainer.log.plot(run_dir / "curves.png", eval_k=cfg.trainer.eval_k)
+        if trainer.curves is None:  # not drawn yet for a tracker's artifacts
+            trainer.log.plot(run_dir / "curves.png", eval_k=cfg.trainer.eval_k)
         return summary
     finally:
         cluster.shutdown(parts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ class RunLogger:
         scalars = finite_scalars(row)
         self._each("log", lambda t: t.log(step, scalars))
 
-    def close(self, artifacts: list[Path] = (), failed: bool = False) -> None:  # type: ignore[assignment]
+    def close(self, artifacts: Sequence[Path | None] = (), failed: bool = False) -> None:
         """Upload ``artifacts`` (the curves, the summary) and end every tracker's run."""
         for path in artifacts:
             if path is not None and Path(path).is_file():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -123,6 +123,7 @@ class Trainer:
             mode=cfg.rollout.weight_sync, bucket_mb=cfg.rollout.weight_bucket_mb,
             learner_version=self._learner_version, tp_size=cfg.rollout.tensor_parallel_size)
         self._train_future: Any = None  # the learner step running in the background, if any
+        self.curves: Path | None = None  # curves.png, once drawn (for the trackers' artifacts)
         self._dead_teachers: set[int] = set()
         self.learner_restores = 0
         # Set by SIGTERM / SIGINT on the driver (stop_signal.py); checked after each step.
@@ -262,7 +263,7 @@ class Trainer:
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
         }
 
-    def save_checkpoint(self, prefetched: list[Any] = ()) -> ckpt.CheckpointRef:  # type: ignore[assignment]
+    def save_checkpoint(self, prefetched: Sequence[Any] = ()) -> ckpt.CheckpointRef:
         """Learner state, HF export and the data position; with ``prefetched`` (the next
         steps' streams, max_staleness >= 1) also their groups, completed first, so a
         resume trains on exactly them (prefetch.py)."""
@@ -352,7 +353,8 @@ class Trainer:
         path = self.run_dir / "summary.json"
         path.write_text(json.dumps({"steps": summary.steps, "seconds": summary.seconds,
                                     "start_eval": summary.start_eval, "end_eval": summary.end_eval}, indent=1))
-        return [path, self.log.plot(self.run_dir / "curves.png", eval_k=self.cfg.trainer.eval_k)]
+        self.curves = self.log.plot(self.run_dir / "curves.png", eval_k=self.cfg.trainer.eval_k)
+        return [path, self.curves]
 
     def _run(self, summary: RunSummary, progress: Any) -> None:
         t = self.cfg.trainer
@@ -440,15 +442,16 @@ class Trainer:
                 "policy_version": float(self.version),
                 **phase.metrics(),
             })
-            evaluating = (t.eval_every > 0 and self.step % t.eval_every == 0) or (
-                self.step == t.total_steps and (t.eval_every > 0 or t.eval_at_end))
-            if evaluating and self.weights.held_back:
+            final = self.step == t.total_steps
+            eval_now = t.eval_every > 0 and self.step % t.eval_every == 0 and not final
+            eval_end = final and (t.eval_every > 0 or t.eval_at_end)
+            if (eval_now or eval_end) and self.weights.held_back:
                 # A held-back broadcast needs every worker in it: let the step ahead finish
                 # generating first, or the send would wait behind it (up to sync_timeout_s).
                 pump_streams(ahead, stop_when=lambda: all(s.done for s in ahead))
-            if t.eval_every > 0 and self.step % t.eval_every == 0 and self.step < t.total_steps:
+            if eval_now:
                 metrics.update(self.evaluate())
-            if self.step == t.total_steps and (t.eval_every > 0 or t.eval_at_end):
+            if eval_end:
                 summary.end_eval = self.evaluate()
                 metrics.update(summary.end_eval)
             self.log.log(self.step, metrics)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -47,10 +48,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * torch.empty((), dtype=torch_dtype(self.dtype)).element_size()
+        return math.prod(self.shape) * torch_dtype(self.dtype).itemsize
 
 
 def torch_dtype(name: str) -> torch.dtype:
