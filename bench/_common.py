@@ -375,6 +375,8 @@ class Cluster:
 
     def trial(self, name: str, overrides: Sequence[str], *, learner: str = "default",
               rollout_workers: int | None = None) -> Trial:
+        import ray
+
         from scope_ray.config import load_config
         from scope_ray.controller.trainer import Trainer
 
@@ -384,6 +386,10 @@ class Cluster:
         shutil.rmtree(run_dir, ignore_errors=True)
         cfg = load_config(None, [*self.base, *overrides, f"trainer.run_dir={run_dir}"])
         workers = self.parts.rollout_workers[: rollout_workers or len(self.parts.rollout_workers)]
+        # The engines were built from the cluster's base config; this setting of theirs is
+        # the one a trial may change, on the live workers.
+        k = cfg.rollout.max_calls_in_flight
+        ray.get([w.__ray_call__.remote(lambda self: setattr(self.engine, "max_calls_in_flight", k)) for w in workers])
         parts = replace(self.parts, learner=self._learners[learner], rollout_workers=workers)
         records: list[StepRecord] = []
         before = self.teacher_stats() if self.parts.teachers else {}
@@ -445,8 +451,9 @@ def attach_spans(trials: Sequence[Trial]) -> None:
 
 # --------------------------------------------------------------------------- per-step stage busy time
 
-# Whole-request calls, or streams that yield each sample as it finishes (rollout.stream_rollouts).
-GENERATE = ("RolloutWorker.generate", "RolloutWorker.generate_stream")
+# Whole calls (collect, or generate one at a time), or streams that yield each sample as it
+# finishes (rollout.stream_rollouts). Calls overlap on a worker: its busy time is their union.
+GENERATE = ("RolloutWorker.generate", "RolloutWorker.stream", "RolloutWorker.collect")
 UPDATE = "RolloutWorker.update_weights"
 TRAIN = "LearnerWorker.train_step"
 EXPORT = "LearnerWorker.export_weights"

@@ -1,17 +1,22 @@
-"""Rollout batching benchmark: a step as several back-to-back calls per worker vs each
-worker's whole share in one call (``rollout.prompts_per_request`` 4 vs 0), side by side.
+"""Rollout batching benchmark, side by side on the same prompts and seeds:
+
+* ``one_at_a_time``: a step as 4 back-to-back calls per worker, each decoded start to
+  end before the next (``rollout.max_calls_in_flight=1``: what a worker did before its
+  engine admitted calls as they arrive);
+* ``continuous``: the same 4 calls, all decoding together in one engine (the default);
+* ``whole_share``: one call per worker per step (``rollout.prompts_per_request=0``).
 
     .venv/bin/python bench/rollout_batching.py                          # 6 steps x 3 reps
     .venv/bin/python bench/rollout_batching.py model.max_response_tokens=256   # longer tails
 
-One set of actors serves every trial (the engines are sized for the whole-share call,
+One set of actors serves every trial (the engines are sized for a worker's whole share,
 ``max_num_seqs`` = B x G), the learner and workers are reset to the same initial weights
 and the sampler rewound before each trial, and trials alternate A B / B A, so both
 variants generate the same prompts with the same seeds. Reported per variant (medians
 over repetitions of the steady steps' means): step time, generation wall time, rollout
-tokens per second of generation wall time, and the learner's padded fraction; and the
-whole-share / 4-per-call ratios. On this 2-core machine the tokens/s ratio is what one
-engine kept full buys over one that drains between calls; GPU figures need a GPU.
+tokens per second of generation wall time, and the learner's padded fraction; and each
+variant's ratios to ``one_at_a_time``. On this 2-core machine the tokens/s ratio is what
+one engine kept full buys over one that drains between calls; GPU figures need a GPU.
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ from _common import (Cluster, add_trial_args, attach_spans, interleave, load_lin
                      prepare_inputs, setup_logging, trial_summary, write_result)
 
 logger = logging.getLogger("bench.rollout_batching")
-VARIANTS = {"4_per_call": ["rollout.prompts_per_request=4"], "whole_share": ["rollout.prompts_per_request=0"]}
+VARIANTS = {
+    "one_at_a_time": ["rollout.prompts_per_request=4", "rollout.max_calls_in_flight=1"],
+    "continuous": ["rollout.prompts_per_request=4"],
+    "whole_share": ["rollout.prompts_per_request=0"],
+}
+BASELINE = "one_at_a_time"
 BASE = ["algorithm.name=scope", "trainer.eval_every=0", "trainer.eval_at_end=false", "trainer.save_every=0",
         "trainer.max_staleness=0"]
 
@@ -77,12 +87,14 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                      ("step_s", "generate_s", "rollout_tokens", "gen_tokens_per_s", "padded_fraction")}
     reps = sorted({r["rep"] for r in rows})
 
-    def ratio(key: str) -> list[float]:  # whole_share over 4_per_call, per repetition
+    def ratio(name: str, key: str) -> list[float]:  # name over the baseline, per repetition
         by = {(r["rep"], r["variant"]): r[key] for r in rows}
-        return [by[k, "whole_share"] / by[k, "4_per_call"] for k in reps]
+        return [by[k, name] / by[k, BASELINE] for k in reps]
 
-    out["tokens_per_s_ratio"] = ratio("gen_tokens_per_s")
-    out["step_s_ratio"] = ratio("step_s")
+    for name in VARIANTS:
+        if name != BASELINE:
+            out[name]["tokens_per_s_ratio"] = ratio(name, "gen_tokens_per_s")
+            out[name]["step_s_ratio"] = ratio(name, "step_s")
     return out
 
 
@@ -94,10 +106,13 @@ def print_table(s: dict[str, Any], info: dict[str, Any], after: dict[str, Any]) 
         m = s[name]
         print(f"{name:<12} {m['step_s']:7.2f} {m['generate_s']:7.2f} {m['rollout_tokens']:7.0f} "
               f"{m['gen_tokens_per_s']:10.0f} {m['padded_fraction']:7.1%}")
-    tps, step = s["tokens_per_s_ratio"], s["step_s_ratio"]
-    print(f"whole_share / 4_per_call: generation tokens/s x{median(tps):.2f} (per rep "
-          f"{', '.join(f'{x:.2f}' for x in tps)}), step time x{median(step):.2f} (per rep "
-          f"{', '.join(f'{x:.2f}' for x in step)})")
+    for name in VARIANTS:
+        if name == BASELINE:
+            continue
+        tps, step = s[name]["tokens_per_s_ratio"], s[name]["step_s_ratio"]
+        print(f"{name} / {BASELINE}: generation tokens/s x{median(tps):.2f} (per rep "
+              f"{', '.join(f'{x:.2f}' for x in tps)}), step time x{median(step):.2f} (per rep "
+              f"{', '.join(f'{x:.2f}' for x in step)})")
 
 
 if __name__ == "__main__":

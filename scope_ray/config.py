@@ -70,14 +70,13 @@ class RolloutConfig:
     # Sequences an engine decodes together; 0 = a worker's training call (its share of a
     # step x G), at least 8 evaluation prompts x eval_k. On CPU it also sizes the KV cache.
     max_num_seqs: int = 0
-    # Prompts per generate call; 0: each worker's whole share of a step in one call, so
-    # its engine decodes them all together and no call queues behind another. With
-    # stream_rollouts the samples reach the verifier and teacher one by one either way.
-    # The CPU default stays 4: on 2 cores the whole share generated 1.5-1.6x more tokens/s
-    # but made the step 1.10-1.20x longer, the teacher's scoring then coming after
-    # generation instead of beside it (bench/rollout_batching.py). The GPU recipes set
-    # 64, a worker's whole share of their steps.
+    # Prompts per generate call; 0: each worker's whole share of a step in one call. A
+    # worker's engine decodes every call it holds together (RolloutEngine), so this sets
+    # the unit a fault re-issues and, without stream_rollouts, the unit results return in.
     prompts_per_request: int = 4
+    # Calls a worker's engine decodes at once; 0 = all it holds (the calls of a step and,
+    # under max_staleness, the next steps'), 1 = one call start to end before the next.
+    max_calls_in_flight: int = 0
     # Workers yield each sample as soon as it is finished (false: whole requests).
     stream_rollouts: bool = True
     num_cpus: float = 0.5
@@ -285,7 +284,8 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(r.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
     _require(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
     _require(r.prompts_per_request >= 0, "rollout.prompts_per_request", "must be >= 0 (0 = each worker's whole share)")
-    _require(r.max_num_seqs >= 0, "rollout.max_num_seqs", "must be >= 0 (0 = the largest call)")
+    _require(r.max_num_seqs >= 0, "rollout.max_num_seqs", "must be >= 0 (0 = a worker's share of a step)")
+    _require(r.max_calls_in_flight >= 0, "rollout.max_calls_in_flight", "must be >= 0 (0 = every call a worker holds)")
     _require(r.weight_bucket_mb >= 1, "rollout.weight_bucket_mb", "must be >= 1")
     _require(t.num_replicas >= 1, "teacher.num_replicas", "must be >= 1")
     _require(t.max_batch_tokens >= 1, "teacher.max_batch_tokens", "must be >= 1")

@@ -58,6 +58,7 @@ def test_round_trip_through_yaml(tmp_path):
         ("rollout.top_k=20", "rollout.top_k: must be -1 (off) for training, got 20"),
         ("trainer.eval_top_p=0", "trainer.eval_top_p: must be in (0, 1]"),
         ("rollout.max_num_seqs=-1", "rollout.max_num_seqs: must be >= 0"),
+        ("rollout.max_calls_in_flight=-1", "rollout.max_calls_in_flight: must be >= 0"),
         ("rollout.weight_sync=nccl", "rollout.weight_sync: must be one of ['safetensors', 'broadcast']"),
         ("trainer.max_staleness=5", "trainer.max_staleness: must be in [0, 4]"),
         ("trainer.max_staleness=2 learner.old_logp=recompute", "trainer.max_staleness: 2 needs learner.old_logp 'rollout'"),
@@ -104,9 +105,9 @@ def test_every_shipped_recipe_loads():
         assert cfg.trainer.total_steps >= 1, path
 
 
-def test_prompts_per_request_0_gives_each_worker_its_whole_share():
-    """rollout.prompts_per_request 0: one call per worker per step, and the engines are
-    sized for it (max_num_seqs = that call's sequences)."""
+def test_engines_hold_a_workers_whole_share_of_a_step():
+    """rollout.prompts_per_request 0: one call per worker per step. Either way a worker's
+    calls decode together, so its engine is sized for its whole share (prompts x G)."""
     from scope_ray.controller.cluster import rollout_max_num_seqs
 
     whole = load_config(None, ["rollout.prompts_per_request=0"])
@@ -115,4 +116,6 @@ def test_prompts_per_request_0_gives_each_worker_its_whole_share():
     assert three.rollout.request_prompts(16) == 6 and rollout_max_num_seqs(three) == max(6 * 8, 8 * three.trainer.eval_k)
     default = load_config(None, [])
     assert default.rollout.prompts_per_request == 4 and default.rollout.request_prompts(16) == 4
-    assert rollout_max_num_seqs(default) == max(4 * 8, 8 * default.trainer.eval_k)
+    assert rollout_max_num_seqs(default) == 16 * 8  # 4 calls of 4 prompts, decoding together
+    two = load_config(None, ["rollout.num_workers=2", "trainer.prompts_per_step=8"])
+    assert rollout_max_num_seqs(two) == max(4 * 8, 8 * two.trainer.eval_k)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import ray
 import torch
 
-from actors.rollout import RolloutWorker
+from actors.rollout import RolloutWorker, start_collect, start_stream
 from scope_ray.bootstrap.models import TinyModelSpec, init_model
 from scope_ray.engines.vllm_engine import EngineOptions
 from scope_ray.engines.weight_broadcast import BroadcastGroup, spec_of
@@ -96,7 +98,7 @@ def test_generate_stream_yields_every_sample_once_as_generate_does(worker) -> No
     sampling = {"temperature": 1.0, "max_tokens": 24}
     whole = ray.get(worker.generate.remote(reqs, sampling))
     order, item_lengths = [], []
-    for ref in worker.generate_stream.remote(reqs, sampling):
+    for ref in start_stream(worker, reqs, sampling):
         item = ray.get(ref, timeout=120)
         item_lengths.append({len(rollout.response_ids) for _, _, rollout in item})
         for position, index, rollout in item:
@@ -125,7 +127,7 @@ def test_one_request_of_128_long_prompts_decodes_as_one_batch(worker) -> None:
     assert [len(g) for g in whole] == [8] * 16
     assert all(1 <= len(r.response_ids) <= 8 and np.isfinite(r.response_logp).all() for g in whole for r in g)
     streamed = {}
-    for ref in worker.generate_stream.remote(reqs, sampling):
+    for ref in start_stream(worker, reqs, sampling):
         for position, index, rollout in ray.get(ref, timeout=300):
             assert (position, index) not in streamed
             streamed[position, index] = rollout.response_ids
@@ -155,6 +157,69 @@ def test_update_weights_switches_policy(worker) -> None:
     assert all(g[0].policy_version == 3 for g in after)
     for p, g in zip(PROMPTS, after):
         np.testing.assert_allclose(g[0].response_logp, _hf_response_logp(new, p, g[0].response_ids), atol=1e-4)
+
+
+def _hf_greedy(model, prompts: list[list[int]], tokens: int) -> list[list[int]]:
+    out = []
+    for p in prompts:
+        ids = torch.tensor([p])
+        full = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=tokens)
+        out.append(full[0, len(p):].tolist())
+    return out
+
+
+def _hold_engine(worker, seconds: float) -> None:
+    """Occupy the worker's engine loop for ``seconds`` (an exclusive job), so the calls
+    submitted meanwhile are all waiting when it ends."""
+    ray.get(worker.__ray_call__.remote(lambda self: self.engine.run_exclusive(lambda: time.sleep(seconds)) and None))
+
+
+def test_calls_in_flight_decode_together_with_their_seeded_samples(worker) -> None:
+    """Four calls submitted together share the engine: its peak holds all 32 of their
+    samples, where the same calls one at a time (or under rollout.max_calls_in_flight=1)
+    never hold more than one call's 8. Each seeded sample is the same every way."""
+    sampling = {"temperature": 1.0, "max_tokens": 16}
+    calls = [[GenerationRequest(uid=f"{c}-{i}", prompt_ids=p, n=4, seed=300 + 10 * c + i)
+              for i, p in enumerate(PROMPTS[:2])] for c in range(4)]
+    ray.get(worker.engine_stats.remote())
+    alone = [ray.get(worker.generate.remote(c, sampling), timeout=120) for c in calls]
+    assert ray.get(worker.engine_stats.remote())["peak_in_flight"] == 8
+    _hold_engine(worker, 1.0)
+    refs = [start_collect(worker, c, sampling) for c in calls]
+    together = ray.get(refs, timeout=120)
+    assert ray.get(worker.engine_stats.remote())["peak_in_flight"] == 32
+    assert [[[r.response_ids for r in g] for g in c] for c in together] == \
+        [[[r.response_ids for r in g] for g in c] for c in alone]
+    # rollout.max_calls_in_flight=1: the same four calls submitted together, one at a time.
+    ray.get(worker.__ray_call__.remote(lambda self: setattr(self.engine, "max_calls_in_flight", 1)))
+    try:
+        _hold_engine(worker, 1.0)
+        serial = ray.get([start_collect(worker, c, sampling) for c in calls], timeout=120)
+        assert ray.get(worker.engine_stats.remote())["peak_in_flight"] == 8
+    finally:
+        ray.get(worker.__ray_call__.remote(lambda self: setattr(self.engine, "max_calls_in_flight", 0)))
+    assert [[[r.response_ids for r in g] for g in c] for c in serial] == \
+        [[[r.response_ids for r in g] for g in c] for c in alone]
+
+
+def test_an_update_waits_for_the_calls_before_it_and_the_calls_after_see_it(worker) -> None:
+    """Call, update, call, submitted back to back while the engine is busy: the first
+    call decodes wholly on the old weights, the second wholly on the new, and each
+    sample carries the version that decoded it (the update's weights travel as an
+    ObjectRef, which Ray resolves before the call runs; the order still holds)."""
+    greedy = {"temperature": 0.0, "max_tokens": 12}
+    old, new = _sharp_model(seed=6), _sharp_model(seed=7)
+    _push_safetensors(worker, old.state_dict(), version=10)
+    reqs = [GenerationRequest(uid=str(i), prompt_ids=p, n=1) for i, p in enumerate(PROMPTS)]
+    _hold_engine(worker, 0.5)
+    first = start_collect(worker, reqs, greedy)
+    update = worker.update_weights.remote(ray.put(pack_state_dict(new.state_dict(), 0.25)), 11)
+    second = start_collect(worker, reqs, greedy)
+    a, b = ray.get([first, second], timeout=120)
+    assert ray.get(update) > 0
+    assert [g[0].policy_version for g in a] == [10] * 3 and [g[0].policy_version for g in b] == [11] * 3
+    assert [g[0].response_ids for g in a] == _hf_greedy(old, PROMPTS, 12)
+    assert [g[0].response_ids for g in b] == _hf_greedy(new, PROMPTS, 12)
 
 
 def test_update_without_tied_head_updates_the_head(worker) -> None:

@@ -49,21 +49,26 @@ class PacedWorker:
         self.die_after = die_after
         self.calls: list[tuple[str, int, float]] = []  # (method, prompts, end time)
 
-    def generate_stream(self, requests: list[GenerationRequest], sampling=None):
+    # The RolloutWorker protocol (actors/rollout.py): submit queues a call, stream/collect
+    # read it back. Here the "call id" is the call itself, and reading it runs it.
+    def submit(self, requests: list[GenerationRequest], sampling=None):
+        return requests
+
+    def stream(self, requests: list[GenerationRequest]):
         # Samples finish interleaved across the prompts, as in a vLLM batch.
         for k, (j, i) in enumerate((j, i) for j in range(G) for i in range(len(requests))):
             if self.first_life and k == self.die_after:
                 os._exit(1)
             time.sleep(GAP_S)
             yield [(i, j, _sample(j))]
-        self.calls.append(("generate_stream", len(requests), time.time()))
+        self.calls.append(("stream", len(requests), time.time()))
 
-    def generate(self, requests: list[GenerationRequest], sampling=None):
+    def collect(self, requests: list[GenerationRequest]):
         out = [[None] * G for _ in requests]
-        for done in self.generate_stream(requests, sampling):
+        for done in self.stream(requests):
             for i, j, rollout in done:
                 out[i][j] = rollout
-        self.calls[-1] = ("generate", len(requests), time.time())
+        self.calls[-1] = ("collect", len(requests), time.time())
         return out
 
     def get_calls(self) -> list[tuple[str, int, float]]:
@@ -154,7 +159,7 @@ def test_a_worker_dying_mid_stream_gets_only_its_undelivered_prompts_again(ray_s
     assert any("generate_stream() failed, the actor died" in r.getMessage()
                and "re-issuing its 3 prompt(s)" in r.getMessage() for r in caplog.records)
     # The restarted worker was asked for the 3 prompts with a sample missing, not all 4.
-    assert [(name, prompts) for name, prompts, _ in calls] == [("generate_stream", 3)]
+    assert [(name, prompts) for name, prompts, _ in calls] == [("stream", 3)]
     assert [g.uid for g in groups] == [f"p{i}" for i in range(GROUPS)]
     # Samples that came twice (sample 0 of the re-issued prompts) were taken once.
     assert all(g.rewards == [1.0, 0.0] and g.teacher_logp[0] is None for g in groups)

@@ -91,13 +91,15 @@ def _quiet_env() -> dict[str, Any]:
 
 
 def rollout_max_num_seqs(cfg: RunConfig) -> int:
-    """``rollout.max_num_seqs``, or (0) what a training call holds (its prompts x G, so
-    the call decodes as one batch), and at least 8 evaluation prompts x eval_k; a
-    larger evaluation call decodes in waves, the engine refilling as sequences end."""
+    """``rollout.max_num_seqs``, or (0) a worker's whole share of a step (its prompts x G:
+    its calls all decode together, RolloutEngine), and at least 8 evaluation prompts x
+    eval_k. More in flight (the next steps' calls under max_staleness, a larger
+    evaluation) wait in vLLM's queue and join as sequences end."""
     r, t = cfg.rollout, cfg.trainer
     if r.max_num_seqs > 0:
         return r.max_num_seqs
-    return max(r.request_prompts(t.prompts_per_step) * r.group_size, 8 * t.eval_k)
+    share = -(-t.prompts_per_step // max(1, r.num_workers))
+    return max(share * r.group_size, 8 * t.eval_k)
 
 
 def _engine_options(cfg: RunConfig, model_dir: str) -> EngineOptions:
@@ -143,7 +145,7 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any, tr
             num_cpus=r.num_cpus, num_gpus=r.num_gpus * r.tensor_parallel_size, resources=dict(r.resources),
             runtime_env=_quiet_env(), max_restarts=restarts, max_task_retries=0,
         ).remote(
-            _engine_options(cfg, student_dir), sampling, worker_index=i
+            _engine_options(cfg, student_dir), sampling, worker_index=i, max_calls_in_flight=r.max_calls_in_flight,
         )
         for i in range(r.num_workers)
     ]

@@ -9,6 +9,7 @@ from typing import Any
 
 import ray
 
+from actors.rollout import start_collect
 from scope_ray.algo import mean_avg_at_k, mean_pass_at_k
 from scope_ray.controller.stream import PromptItem, RemoteCallError, Verifier
 from scope_ray.errors import first_line
@@ -36,7 +37,7 @@ def evaluate_with_workers(
     chunks = [items[i : i + prompts_per_request] for i in range(0, len(items), prompts_per_request)]
     for j, chunk in enumerate(chunks):
         reqs = [GenerationRequest(uid=it.uid, prompt_ids=it.prompt_ids, n=k, seed=seed + it.group_index) for it in chunk]
-        refs.append((j % len(workers), chunk, workers[j % len(workers)].generate.remote(reqs, sampling)))
+        refs.append((j % len(workers), chunk, start_collect(workers[j % len(workers)], reqs, sampling)))
     counts: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for w, chunk, ref in refs:
         try:

@@ -1,9 +1,11 @@
 """Stream one step's prompts through generation, verification and teacher scoring.
 
-Prompts go to the rollout workers in requests of ``prompts_per_request``. With
-``stream_rollouts`` (the default) a worker yields every sample the moment it is finished
-(``RolloutWorker.generate_stream``, a Ray streaming generator); otherwise a whole request
-comes back at once. Each sample that arrives is verified, and if it needs a teacher signal
+Prompts go to the rollout workers in calls of ``prompts_per_request``. A worker decodes
+every call it holds together (``RolloutWorker.submit``: its engine admits a call the moment
+it arrives), so the chunking sets only how a fault is re-issued and how results return.
+With ``stream_rollouts`` (the default) a worker yields every sample the moment it is
+finished (``RolloutWorker.stream``, a Ray streaming generator); otherwise a whole call
+comes back at once (``RolloutWorker.collect``). Each sample that arrives is verified, and if it needs a teacher signal
 (SCOPE: it is incorrect; OPD: always) it is sent to a teacher replica while the longer
 samples are still decoding: routing needs only the sample's own verdict, so the teacher
 does not wait for the group. A group is complete when its G samples are in and scored;
@@ -34,6 +36,7 @@ from typing import Any
 
 import ray
 
+from actors.rollout import start_collect, start_stream
 from scope_ray.algo import AlgorithmSpec
 from scope_ray.controller.groups import attach_teacher, teacher_requests
 from scope_ray.errors import RemoteCallError, first_line
@@ -59,12 +62,27 @@ class StageClock:
     first_submit: float = 0.0
     generate_done: float = 0.0
     score_done: float = 0.0
-    generate_calls: float = 0.0  # summed call durations (busy time across workers)
-    score_calls: float = 0.0
+    generate_calls: float = 0.0  # time each worker had a call in flight, summed over workers
+    score_calls: float = 0.0  # summed scoring call durations
     verify_s: float = 0.0
+
+    # Per worker: calls in flight and when it last went from none to some. A worker's
+    # calls decode together, so its busy time is the union of their spans, not the sum.
+    _open: dict[int, int] = field(default_factory=dict)
+    _busy_since: dict[int, float] = field(default_factory=dict)
 
     def now(self) -> float:
         return time.perf_counter() - self.start
+
+    def call_started(self, worker: int) -> None:
+        if not self._open.get(worker):
+            self._busy_since[worker] = time.perf_counter()
+        self._open[worker] = self._open.get(worker, 0) + 1
+
+    def call_ended(self, worker: int) -> None:
+        self._open[worker] -= 1
+        if not self._open[worker]:
+            self.generate_calls += time.perf_counter() - self._busy_since.pop(worker)
 
     @property
     def score_tail_s(self) -> float:
@@ -174,8 +192,9 @@ class StepStream:
         worker = self.workers[w]
         # Sequential holds every sample until generation ends: nothing to gain from streaming.
         stream = self.stream_rollouts and not self.sequential
-        call = worker.generate_stream if stream else worker.generate
-        ref = call.remote(reqs, self.sampling)  # an ObjectRefGenerator when streaming
+        start = start_stream if stream else start_collect
+        ref = start(worker, reqs, self.sampling)  # an ObjectRefGenerator when streaming
+        self.clock.call_started(w)
         self._pending[ref] = _Pending("generate", f"rollout worker {w}", time.perf_counter(), (items, reqs),
                                       index=w, attempt=attempt, version=version)
 
@@ -302,7 +321,7 @@ class StepStream:
         return False
 
     def _generate_call_done(self, p: _Pending) -> None:
-        self.clock.generate_calls += time.perf_counter() - p.submitted
+        self.clock.call_ended(p.index)
         if not any(q.kind == "generate" for q in self._pending.values()):
             self.clock.generate_done = self.clock.now()
 
@@ -372,6 +391,8 @@ class StepStream:
 
     def _reissue(self, p: _Pending, reason: str) -> bool:
         """Send a lost call again (same requests, same seeds); False if out of tries."""
+        if p.kind == "generate":
+            self.clock.call_ended(p.index)
         if p.attempt >= self.max_retries:
             return False
         if p.kind == "generate":
