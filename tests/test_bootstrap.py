@@ -117,9 +117,9 @@ def test_default_cache_dir_honours_env(monkeypatch, tmp_path):
 def _vllm_greedy(model_dir: str, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
     from vllm import SamplingParams
 
-    from scope_ray.evaluation import make_llm
+    from scope_ray.engines.vllm_engine import make_eval_llm
 
-    llm = make_llm(model_dir)  # what scope-ray eval and the bootstrap's evaluation use
+    llm = make_eval_llm(model_dir)  # what scope-ray eval and the bootstrap's evaluation use
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
     return [list(o.outputs[0].token_ids) for o in outs]
@@ -136,7 +136,7 @@ def test_vllm_serves_the_student(tiny_bootstrap):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from scope_ray.data import load_prompts
-    from scope_ray.evaluation import run_isolated
+    from scope_ray.engines.vllm_engine import run_isolated
 
     tok = AutoTokenizer.from_pretrained(tiny_bootstrap.student_dir)
     ds = load_prompts([tiny_bootstrap.test_file], tokenizer=tok)
@@ -152,7 +152,7 @@ def test_vllm_serves_the_student(tiny_bootstrap):
 def test_bootstrap_cli_prints_the_artifact_paths(tiny_bootstrap, capsys, monkeypatch):
     import argparse
 
-    from scope_ray.evaluation import add_bootstrap_arguments, run_bootstrap
+    from scope_ray.cli import add_bootstrap_arguments, run_bootstrap
 
     monkeypatch.setenv("COLUMNS", "400")  # keep rich from wrapping the long paths
     args = add_bootstrap_arguments(argparse.ArgumentParser()).parse_args(

@@ -60,7 +60,7 @@ def test_eval_paper_uses_the_papers_settings(tmp_path: Path) -> None:
     # The real `scope-ray eval` parser accepts exactly this command line.
     import argparse
 
-    from scope_ray.evaluation import add_eval_arguments
+    from scope_ray.cli import add_eval_arguments
 
     args = add_eval_arguments(argparse.ArgumentParser()).parse_args(argv[1:])
     assert (args.k, args.temperature, args.top_p, args.top_k, args.max_tokens) == (32, 0.6, 0.95, 20, 12288)

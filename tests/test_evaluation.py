@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from scope_ray.evaluation import add_eval_arguments, summarize
+from scope_ray.cli import add_eval_arguments
+from scope_ray.evaluation import summarize
 
 
 def test_summarize_hand_counts():

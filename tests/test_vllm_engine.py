@@ -133,7 +133,7 @@ def _start_engine_with_ballast(model_dir: str) -> list[int]:
 
 
 def test_real_engine_starts_beside_a_large_rss(tiny_model_dir) -> None:
-    from scope_ray.evaluation import run_isolated
+    from scope_ray.engines.vllm_engine import run_isolated
 
     tokens = run_isolated(_start_engine_with_ballast, str(tiny_model_dir))
     assert len(tokens) == 4

