@@ -21,13 +21,19 @@ from safetensors.torch import load_file
 from actors.learner import LearnerGroup, port_was_taken
 from scope_ray.algo import get_algorithm, rollout_weights
 from scope_ray.algo.weights import sequence_mean_logprob
-from scope_ray.batching import TrainBatch, collate
+from scope_ray.learner.batch import TrainBatch, collate
 from scope_ray.learner import LearnerOptions, merge_step_metrics
-from scope_ray.modeling import token_logprobs
+from scope_ray.learner.logprobs import token_logprobs
 
 OPTIONS = LearnerOptions(zero_stage=1, lr=1e-3, grad_clip=1.0, micro_batch_tokens=40, num_cpus=0.5)
 BUDGET = 40  # padded tokens per micro-batch: several micro-batches per rank
-ATOL = 1e-5
+# Weights after one Adam step (lr 1e-3). Adam's first step moves a weight by
+# lr * g / (|g| + eps); for a gradient within a few eps (1e-8) of zero, the fp32 summation
+# order of another micro-batch split changes that move by a few percent: measured 1.2e-5
+# (a gradient of 6e-9, one padded micro-batch vs several) on a Xeon without AVX-512.
+# A lost, doubled or misweighted micro-batch moves weights by ~lr and changes grad_norm,
+# which the tests check at rel 1e-5.
+ATOL = 3e-5
 
 Weights = dict[str, torch.Tensor]
 
