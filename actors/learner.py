@@ -19,7 +19,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from scope_ray.algo import get_algorithm
-from scope_ray.batching import TrainBatch, shard_indices
+from scope_ray.learner.batch import TrainBatch, shard_indices
 from scope_ray.engines.weight_buckets import pack_state_dict
 from scope_ray.errors import LearnerFailure, first_line
 from scope_ray.learner import LearnerCore, LearnerOptions, merge_step_metrics

@@ -54,7 +54,7 @@ def _engine_grads(model_dir: str, zero: int, accum: str, n: int, out: mp.Queue) 
 
     from scope_ray.learner.core import LearnerCore, free_port
     from scope_ray.learner.options import LearnerOptions
-    from scope_ray.modeling import token_logprobs
+    from scope_ray.learner.logprobs import token_logprobs
 
     torch.set_num_threads(2)
     core = LearnerCore(0, 1, model_dir, LearnerOptions(zero_stage=zero, dtype="bfloat16", grad_accum_dtype=accum))
@@ -76,7 +76,7 @@ def _reference(model_dir: str, n: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from scope_ray.modeling import token_logprobs
+    from scope_ray.learner.logprobs import token_logprobs
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(torch.bfloat16)
     model.config.use_cache = False

@@ -1,5 +1,5 @@
 """Per-token log-probs at a real vocabulary: peak memory and tokens/s, full logits vs
-the chunked head (``scope_ray.modeling.token_logprobs``), side by side in one run.
+the chunked head (``scope_ray.learner.logprobs.token_logprobs``), side by side in one run.
 
     .venv/bin/python bench/logprob_memory.py                       # 4k and 16k tokens
     .venv/bin/python bench/logprob_memory.py --tokens 4096 --reps 3
@@ -45,7 +45,7 @@ def _case(path: str, tokens: int, reps: int, out: mp.Queue) -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from scope_ray.modeling import gather_token_logprobs, token_logprobs
+    from scope_ray.learner.logprobs import gather_token_logprobs, token_logprobs
 
     torch.set_num_threads(2)
     model = _model()

@@ -6,7 +6,7 @@
 
 learner  a random-init model of the 1.5B student's shape (DeepSeek-R1-Distill-Qwen-1.5B:
          real vocabulary, 28 layers), bf16, gradient checkpointing, the project's chunked
-         log-probs (``scope_ray.modeling.token_logprobs``): forward + backward at
+         log-probs (``scope_ray.learner.logprobs.token_logprobs``): forward + backward at
          ``--learner-tokens`` (2 rows). Tokens/s, MFU (6 x params + causal attention
          FLOPs per token, against the GPU's dense bf16 peak), and the peak memory that
          forward + backward add over the weights, next to the planner's estimate of the
@@ -107,7 +107,7 @@ def _measure(device: torch.device, steps: int, fn, cpu_memory: bool = False) -> 
 
 
 def learner(device: torch.device, dtype: torch.dtype, tokens: int, steps: int, size: str) -> dict[str, Any]:
-    from scope_ray.modeling import token_logprobs
+    from scope_ray.learner.logprobs import token_logprobs
     from scope_ray.planning.demands import logprob_chunk_bytes
 
     shape = _shape("DeepSeek-R1-Distill-Qwen-1.5B", size)
@@ -139,7 +139,7 @@ def learner(device: torch.device, dtype: torch.dtype, tokens: int, steps: int, s
 
 
 def teacher(device: torch.device, dtype: torch.dtype, tokens: int, steps: int, size: str) -> dict[str, Any]:
-    from scope_ray.modeling import token_logprobs
+    from scope_ray.learner.logprobs import token_logprobs
     from scope_ray.planning.demands import logprob_chunk_bytes
 
     shape = _shape("Skywork-OR1-7B", size)

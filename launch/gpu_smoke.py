@@ -4,7 +4,7 @@ Builds a random ~100M-parameter Qwen2 (the embedded tiny architecture, scaled up
 runs, on one device:
 
   learner    the project's SCOPE loss (``scope_ray.algo.compute_loss`` on
-             ``scope_ray.modeling.token_logprobs``): forward + backward + AdamW
+             ``scope_ray.learner.logprobs.token_logprobs``): forward + backward + AdamW
   teacher    no-grad token log-prob scoring, the teacher server's hf path
   deepspeed  ``scope_ray.learner.LearnerCore`` (ZeRO-2, world size 1): the real learner
              step, when deepspeed is importable
@@ -70,7 +70,7 @@ def model_spec(tiny: bool):
 
 def synthetic_batch(shape: Shape, vocab: int, seed: int = 0):
     """A collated TrainBatch; old_logp is filled in on-policy by the caller."""
-    from scope_ray.batching import collate
+    from scope_ray.learner.batch import collate
 
     g = torch.Generator().manual_seed(seed)
     n = shape.prompts * shape.group
@@ -129,7 +129,7 @@ def _timed(steps: int, device: torch.device, fn: Callable[[], Any]) -> tuple[flo
 
 def run_learner(model, batch, device: torch.device, steps: int) -> dict[str, Any]:
     from scope_ray.algo import LossInputs, compute_loss, get_algorithm
-    from scope_ray.modeling import token_logprobs
+    from scope_ray.learner.logprobs import token_logprobs
 
     spec = get_algorithm("scope")
     model.train()
@@ -157,7 +157,7 @@ def run_learner(model, batch, device: torch.device, steps: int) -> dict[str, Any
 
 
 def run_teacher(model, batch, device: torch.device, steps: int) -> dict[str, Any]:
-    from scope_ray.modeling import token_logprobs
+    from scope_ray.learner.logprobs import token_logprobs
 
     model.eval()
     ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         model = model.to(device)
         batch = synthetic_batch(shape, vocab_size())
         with torch.no_grad(), _autocast(device):
-            from scope_ray.modeling import token_logprobs
+            from scope_ray.learner.logprobs import token_logprobs
 
             batch = on_policy(batch, token_logprobs(model.eval(), batch.input_ids.to(device),
                                                     batch.attention_mask.to(device)))

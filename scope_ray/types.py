@@ -1,7 +1,7 @@
 """Plain data passed between the controller and the actors (picklable, no tensors).
 
 Token-level values are lists/arrays of the *response* tokens only; prompt tokens carry
-no signal. Batches for the learner are built from these by :mod:`scope_ray.batching`.
+no signal. Batches for the learner are built from these by :mod:`scope_ray.learner.batch`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scope_ray.algo import LossInputs, compute_loss, get_algorithm, loss_denominator
-from scope_ray.batching import (
+from scope_ray.learner.batch import (
     TrainBatch,
     collate,
     micro_batch_indices,

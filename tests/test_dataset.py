@@ -18,7 +18,6 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from scope_ray.data import (
-    DataConfig,
     DatasetError,
     PromptRecord,
     PromptSampler,
@@ -118,14 +117,13 @@ def test_list_of_files_concatenates_with_provenance(tmp_path):
     assert ds.paths == (a, b)
 
 
-def test_data_config_loads(tmp_path):
+def test_a_bare_path_loads_and_the_bad_row_policy_is_checked(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [row(), row(answer="")])
-    cfg = DataConfig(paths=path, on_bad_row="skip")
-    assert cfg.paths == (path,)
-    ds = cfg.load()
+    ds = load_prompts(path, on_bad_row="skip")
+    assert ds.paths == (path,)
     assert len(ds) == 1 and ds.skipped == {"empty_ground_truth": 1}
     with pytest.raises(ValueError, match="on_bad_row"):
-        DataConfig(paths=path, on_bad_row="ignore")  # type: ignore[arg-type]
+        load_prompts(path, on_bad_row="ignore")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- bad rows

@@ -1,11 +1,11 @@
-"""scope_ray/modeling.py: per-token log-probs, raw and tempered."""
+"""scope_ray/learner/logprobs.py: per-token log-probs, raw and tempered."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from scope_ray.modeling import gather_token_logprobs
+from scope_ray.learner.logprobs import gather_token_logprobs
 
 
 def _case() -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +51,7 @@ def _full_logits_reference(model, ids, mask, temperature):
 def test_chunked_head_gives_the_full_logits_values_and_gradients(temperature: float) -> None:
     """Chunks of 5 positions (so a batch spans many chunks, one partly filled) under
     activation checkpointing: same log-probs and same parameter gradients."""
-    from scope_ray.modeling import token_logprobs
+    from scope_ray.learner.logprobs import token_logprobs
 
     model, ids, mask = _model_and_batch()
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -77,7 +77,7 @@ def test_chunked_head_gives_the_full_logits_values_and_gradients(temperature: fl
 def test_a_partitioned_head_runs_the_model_whole() -> None:
     """Under ZeRO-3 the head's weight is only gathered inside the model's forward: the
     chunked path is skipped (a ZeRO-3 parameter carries ``ds_id``)."""
-    from scope_ray.modeling import token_logprobs
+    from scope_ray.learner.logprobs import token_logprobs
 
     model, ids, mask = _model_and_batch()
     calls = []

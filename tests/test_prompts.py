@@ -12,7 +12,6 @@ from scope_ray.data.prompts import (
     PromptRenderer,
     apply_instruction_suffix,
     render_prompt,
-    render_prompts,
 )
 
 SPECIALS = ["[UNK]", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -125,7 +124,7 @@ def test_batch_render_matches_single(tmp_path):
     tok.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)  # real on-disk path, as in training
     conversations = [QUESTION, [{"role": "user", "content": "And 2 + 3 ?"}]]
-    batch = render_prompts(conversations, loaded)
+    batch = PromptRenderer(loaded).render_many(conversations)
     assert batch == [render_prompt(c, tok) for c in conversations]
     assert batch[0].token_ids != batch[1].token_ids
 

@@ -14,7 +14,7 @@ from scope_ray.bootstrap.models import TinyModelSpec, init_model
 from scope_ray.engines.vllm_engine import EngineOptions
 from scope_ray.engines.weight_broadcast import BroadcastGroup, spec_of
 from scope_ray.engines.weight_buckets import pack_state_dict
-from scope_ray.modeling import token_logprobs
+from scope_ray.learner.logprobs import token_logprobs
 from scope_ray.types import GenerationRequest
 
 # The last prompt spans several KV blocks, so vLLM's prefix cache really holds it between

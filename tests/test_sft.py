@@ -17,7 +17,7 @@ from scope_ray.bootstrap.sft import (
 from scope_ray.bootstrap.tokenizer import build_tokenizer
 from scope_ray.data.prompts import render_prompt
 from scope_ray.data.synthetic import generate_problems
-from scope_ray.modeling import token_logprobs
+from scope_ray.learner.logprobs import token_logprobs
 
 SMALL = TinyModelSpec(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=128)
 
@@ -102,7 +102,7 @@ def test_prompt_tokens_get_no_gradient_signal(tokenizer, problems):
     batch = collate([example], tokenizer.pad_token_id)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     logits.retain_grad()
-    from scope_ray.modeling import gather_token_logprobs
+    from scope_ray.learner.logprobs import gather_token_logprobs
 
     logp = gather_token_logprobs(logits, batch.input_ids)
     loss = -(logp * batch.loss_mask).sum() / batch.loss_mask.sum()

@@ -10,8 +10,8 @@ import ray
 import torch
 
 from actors.teacher import TeacherServer
-from scope_ray.modeling import token_logprobs
-from scope_ray.teacher_batching import pack_by_token_budget, padded_tokens
+from scope_ray.learner.logprobs import token_logprobs
+from scope_ray.learner.batch import pack_by_padded_tokens, padded_tokens
 from scope_ray.types import ScoreRequest
 
 # ---------------------------------------------------------------- pure batching policy
@@ -20,7 +20,7 @@ from scope_ray.types import ScoreRequest
 def test_pack_covers_all_within_budget_sorted() -> None:
     rng = random.Random(0)
     lengths = [rng.randint(1, 300) for _ in range(200)]
-    batches = pack_by_token_budget(lengths, 1024)
+    batches = pack_by_padded_tokens(lengths, 1024)
     assert sorted(i for b in batches for i in b) == list(range(200))
     for b in batches:
         assert padded_tokens([lengths[i] for i in b]) <= 1024
@@ -29,24 +29,24 @@ def test_pack_covers_all_within_budget_sorted() -> None:
 
 
 def test_pack_fills_greedily_and_isolates_oversize() -> None:
-    assert pack_by_token_budget([10] * 10, 35) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
-    assert pack_by_token_budget([5, 5000, 7], 100) == [[0, 2], [1]]
-    assert pack_by_token_budget([], 100) == []
+    assert pack_by_padded_tokens([10] * 10, 35) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    assert pack_by_padded_tokens([5, 5000, 7], 100) == [[0, 2], [1]]
+    assert pack_by_padded_tokens([], 100) == []
 
 
 def test_sorting_cuts_padding() -> None:
     lengths = [10, 100] * 8
     arrival = sum(padded_tokens(lengths[i : i + 4]) for i in range(0, 16, 4))
-    packed = sum(padded_tokens([lengths[i] for i in b]) for b in pack_by_token_budget(lengths, 400))
+    packed = sum(padded_tokens([lengths[i] for i in b]) for b in pack_by_padded_tokens(lengths, 400))
     assert packed < arrival  # 8x10 + 8x100 = 880 vs 4 x (4 x 100) = 1600
 
 
 def test_pack_rejects_bad_input() -> None:
     assert padded_tokens([]) == 0 and padded_tokens([3, 5]) == 10
     with pytest.raises(ValueError):
-        pack_by_token_budget([1, 2], 0)
+        pack_by_padded_tokens([1, 2], 0)
     with pytest.raises(ValueError):
-        pack_by_token_budget([1, 0], 10)
+        pack_by_padded_tokens([1, 0], 10)
 
 
 # ---------------------------------------------------------------- the Ray actor

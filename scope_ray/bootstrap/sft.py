@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from scope_ray.data.prompts import DEFAULT_INSTRUCTION_SUFFIX, PromptRenderer
-from scope_ray.modeling import token_logprobs
+from scope_ray.learner.logprobs import token_logprobs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -78,7 +78,7 @@ class RunSummary:
 def to_train_batch(wb: WeightedBatch, pad_id: int, scores_are_reference: bool = False):
     """Flatten B groups into one padded batch. The scoring server's log-probs are the
     teacher's (SCOPE, OPD) or, for GRPO, the reference policy's (``ref_logp``)."""
-    from scope_ray.batching import collate
+    from scope_ray.learner.batch import collate
 
     prompt_ids, response_ids, old_logp, scores = [], [], [], []
     for g in wb.groups:

@@ -4,7 +4,7 @@ No Ray here: the controller owns these objects and ships rendered token ids to
 actors. transformers is imported only where a tokenizer is loaded from disk.
 """
 
-from scope_ray.data.dataset import DataConfig, OnBadRow, PromptDataset, load_prompts
+from scope_ray.data.dataset import OnBadRow, PromptDataset, load_prompts
 from scope_ray.data.prompts import (
     DEFAULT_INSTRUCTION_SUFFIX,
     PromptRenderer,
@@ -12,7 +12,6 @@ from scope_ray.data.prompts import (
     RenderedPrompt,
     apply_instruction_suffix,
     render_prompt,
-    render_prompts,
 )
 from scope_ray.data.rows import DatasetError, PromptRecord, RowRef
 from scope_ray.data.sampler import PromptSampler
@@ -20,7 +19,6 @@ from scope_ray.data.tokenizer_check import check_same_tokenizer
 
 __all__ = [
     "DEFAULT_INSTRUCTION_SUFFIX",
-    "DataConfig",
     "DatasetError",
     "OnBadRow",
     "PromptDataset",
@@ -34,5 +32,4 @@ __all__ = [
     "check_same_tokenizer",
     "load_prompts",
     "render_prompt",
-    "render_prompts",
 ]

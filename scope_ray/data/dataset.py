@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Sequence, overload
 
@@ -45,28 +44,6 @@ logger = logging.getLogger(__name__)
 
 OnBadRow = Literal["skip", "fail"]
 PathsLike = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """The data section of a run config."""
-
-    paths: tuple[str, ...]
-    on_bad_row: OnBadRow = "fail"
-    max_prompt_tokens: int | None = None
-    instruction_suffix: str = DEFAULT_INSTRUCTION_SUFFIX
-
-    def __post_init__(self) -> None:
-        # Accept a bare string so YAML `paths: data/train.parquet` works.
-        paths = (self.paths,) if isinstance(self.paths, (str, os.PathLike)) else self.paths
-        object.__setattr__(self, "paths", tuple(str(p) for p in paths))
-        _check_policy(self.on_bad_row)
-        _check_max_tokens(self.max_prompt_tokens)
-
-    def load(self, tokenizer: PreTrainedTokenizerBase | None = None) -> PromptDataset:
-        return load_prompts(self.paths, tokenizer=tokenizer, on_bad_row=self.on_bad_row,
-                            max_prompt_tokens=self.max_prompt_tokens,
-                            instruction_suffix=self.instruction_suffix)
 
 
 def _check_policy(on_bad_row: str) -> None:

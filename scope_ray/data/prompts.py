@@ -124,10 +124,3 @@ def render_prompt(messages: Sequence[MessageLike], tokenizer: PreTrainedTokenize
                   instruction_suffix: str = DEFAULT_INSTRUCTION_SUFFIX) -> RenderedPrompt:
     """Render one conversation to text and token ids."""
     return PromptRenderer(tokenizer, instruction_suffix).render(messages)
-
-
-def render_prompts(conversations: Iterable[Sequence[MessageLike]],
-                   tokenizer: PreTrainedTokenizerBase,
-                   instruction_suffix: str = DEFAULT_INSTRUCTION_SUFFIX) -> list[RenderedPrompt]:
-    """Batch version of `render_prompt` (batched encode calls)."""
-    return PromptRenderer(tokenizer, instruction_suffix).render_many(conversations)

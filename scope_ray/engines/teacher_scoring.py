@@ -6,12 +6,12 @@ sequences go into one asyncio queue, and a single batcher task
 
 1. waits for the first sequence, then keeps collecting until the queued real tokens
    reach ``max_batch_tokens`` or ``max_wait_ms`` has passed since that first one;
-2. packs what it collected with :func:`scope_ray.teacher_batching.pack_by_token_budget`
+2. packs what it collected with :func:`scope_ray.learner.batch.pack_by_padded_tokens`
    (sorted by length, ``rows x longest <= max_batch_tokens``);
 3. runs each batch's forward in a dedicated worker thread, so the event loop keeps
    accepting new calls while the model computes, and resolves each caller's future.
 
-Backends: ``"hf"`` (transformers, the learner's own :func:`~scope_ray.modeling.token_logprobs`,
+Backends: ``"hf"`` (transformers, the learner's own :func:`~scope_ray.learner.logprobs.token_logprobs`,
 so scores equal an unbatched forward pass) and ``"vllm"`` (``prompt_logprobs=0``, one
 dummy output token, no detokenisation; vLLM schedules the batch itself). Both tested on CPU.
 The Ray actor around it is :class:`actors.teacher.TeacherServer`.
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from scope_ray.teacher_batching import pack_by_token_budget, padded_tokens
+from scope_ray.learner.batch import pack_by_padded_tokens, padded_tokens
 from scope_ray.types import ScoreRequest
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class HFScorer:
         self.pad_id = 0 if pad is None else int(pad)
 
     def __call__(self, batch: list[ScoreRequest]) -> list[np.ndarray]:
-        from scope_ray.modeling import token_logprobs
+        from scope_ray.learner.logprobs import token_logprobs
 
         seqs = [r.prompt_ids + r.response_ids for r in batch]
         longest = max(len(s) for s in seqs)
@@ -219,7 +219,7 @@ class TeacherScoring:
         while True:
             items = await self._collect()
             lengths = [it.request.num_tokens for it in items]
-            for idx in pack_by_token_budget(lengths, self.max_batch_tokens):
+            for idx in pack_by_padded_tokens(lengths, self.max_batch_tokens):
                 batch = [items[i] for i in idx]
                 t0 = time.perf_counter()
                 try:

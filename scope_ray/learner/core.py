@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from scope_ray.algo import AlgorithmSpec, LossInputs, compute_loss, distill_path, get_algorithm, loss_denominator
-from scope_ray.batching import TrainBatch, micro_batch_indices
+from scope_ray.learner.batch import TrainBatch, micro_batch_indices
 from scope_ray.learner import engine as eng
 from scope_ray.learner.metrics import RankStepStats
 from scope_ray.learner.options import LearnerOptions
@@ -38,7 +38,7 @@ from scope_ray.learner.safe_load import weights_only_loads
 from scope_ray.engines.weight_broadcast import BroadcastGroup, TensorSpec
 from scope_ray.errors import first_line
 from scope_ray.learner.weights import copy_weights_into, export_state, iter_state, save_hf_dir, state_shapes
-from scope_ray.modeling import token_logprobs
+from scope_ray.learner.logprobs import token_logprobs
 
 logger = logging.getLogger(__name__)
 

@@ -82,7 +82,7 @@ def logprob_chunk_bytes(shape: ModelShape, tokens: int, backward: bool = True) -
     """One chunk of fp32 logits and what lives beside it: the log-softmax (scoring), and
     in backward their recomputation and both gradients (~5 fp32 copies: measured 1.4 GiB
     for one 2^26-element chunk on CPU, launch/gpu_check.py --small)."""
-    from scope_ray.modeling import LOGIT_CHUNK_ELEMENTS
+    from scope_ray.learner.logprobs import LOGIT_CHUNK_ELEMENTS
 
     elements = min(LOGIT_CHUNK_ELEMENTS, tokens * shape.vocab)
     return (5 if backward else 2) * 4 * elements

@@ -1,13 +1,13 @@
 """Learner batches: collate rollouts, shard by prompt groups, cut into micro-batches.
 
 No Ray and no model code here. A :class:`TrainBatch` holds right-padded prompt+response
-sequences and per-token values aligned with :mod:`scope_ray.modeling`: the value for a
+sequences and per-token values aligned with :mod:`scope_ray.learner.logprobs`: the value for a
 response token sits at that token's own position in the concatenated sequence.
 
 Why shards keep whole prompt groups: group statistics (GRPO's advantage, anything a
 loss computes per prompt) need every rollout of the prompt on one rank. Micro-batches
 may split a group: the loss divides by the GLOBAL prompt (or token) count, so
-micro-batch losses simply add up (see :mod:`scope_ray.learner.step`).
+micro-batch losses simply add up (see :func:`scope_ray.algo.loss_denominator`).
 """
 
 from __future__ import annotations
@@ -223,25 +223,43 @@ def shard_indices(group_index: torch.Tensor, row_tokens: torch.Tensor, num_shard
     return [torch.tensor(sorted(rows), dtype=torch.long) for rows in assigned]
 
 
-def micro_batch_indices(lengths: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
-    """Row indices of each micro-batch so that rows * longest row <= ``max_tokens``.
+def padded_tokens(lengths: Sequence[int]) -> int:
+    """Token slots of one right-padded batch: rows x longest."""
+    return len(lengths) * max(lengths, default=0)
 
-    Rows are packed longest first (less padding per micro-batch); a row longer than the
-    budget goes alone, because a rollout is never split. An empty batch gives [].
+
+def pack_by_padded_tokens(lengths: Sequence[int], budget: int, *, longest_first: bool = False) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into batches of at most ``budget`` padded tokens
+    (rows x longest row): the one packer of the learner's micro-batches and the teacher's
+    forward batches.
+
+    Rows go in length order (shortest first, or ``longest_first``; ties keep their
+    order), and a batch closes as soon as one more row would break the budget; sorting
+    puts similar lengths together, which is what keeps the padding small. A row longer
+    than the budget goes alone: a sequence is never split. Each index appears exactly
+    once; an empty input gives [].
     """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    order = sorted(range(len(lengths)), key=lambda r: (-int(lengths[r]), r))
-    out: list[list[int]] = []
+    if budget < 1:
+        raise ValueError(f"the token budget must be >= 1, got {budget}")
+    if any(n <= 0 for n in lengths):
+        raise ValueError("sequence lengths must be positive")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i) if longest_first else (lengths[i], i))
+    batches: list[list[int]] = []
     current: list[int] = []
     widest = 0
-    for r in order:
-        length = int(lengths[r])
-        if current and (len(current) + 1) * max(widest, length) > max_tokens:
-            out.append(current)
+    for i in order:
+        if current and (len(current) + 1) * max(widest, lengths[i]) > budget:
+            batches.append(current)
             current, widest = [], 0
-        current.append(r)
-        widest = max(widest, length)
+        current.append(i)
+        widest = max(widest, lengths[i])
     if current:
-        out.append(current)
-    return [torch.tensor(rows, dtype=torch.long) for rows in out]
+        batches.append(current)
+    return batches
+
+
+def micro_batch_indices(lengths: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
+    """Row indices of each micro-batch so that rows * longest row <= ``max_tokens``,
+    packed longest first (:func:`pack_by_padded_tokens`)."""
+    packed = pack_by_padded_tokens([int(n) for n in lengths], max_tokens, longest_first=True)
+    return [torch.tensor(rows, dtype=torch.long) for rows in packed]
