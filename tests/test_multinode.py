@@ -1,6 +1,6 @@
 """Multi-node placement on real Ray: a head and three worker nodes on this machine.
 
-scripts/multinode_local.py starts ``ray.cluster_utils.Cluster`` with custom resources
+launch/multinode_local.py starts ``ray.cluster_utils.Cluster`` with custom resources
 ``rollout_node`` / ``teacher_node`` / ``learner_node`` on one worker node each, trains
 the tiny recipe 2 steps with each actor kind pinned to its node kind, and reports the
 node every actor ran on (from the GCS actor table). It runs in a subprocess: the other
@@ -20,7 +20,7 @@ from pathlib import Path
 from _proc_tree import kill_tree, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "multinode_local.py"
+SCRIPT = ROOT / "launch" / "multinode_local.py"
 
 
 def test_tiny_recipe_trains_across_nodes_with_each_actor_on_its_node(tiny_bootstrap, tmp_path) -> None:

@@ -1,291 +1,29 @@
-"""Shared plumbing of the bench scripts (not a benchmark itself).
-
-- :func:`prepare_inputs`: random-init tiny Qwen2 student and teacher
-  (:mod:`scope_ray.bootstrap.models`) and a synthetic task (:mod:`scope_ray.data.synthetic`),
-  cached under the work directory by their options, so every script and every repetition
-  does the same work with the same models, prompts and seeds.
-- :class:`Cluster`: the actors of one job started *once* (local Ray, in this process), and
-  :meth:`Cluster.trial` runs a whole ``Trainer`` on them. Before every trial the learner
-  is reloaded from a checkpoint taken at start (weights and optimizer), the rollout
-  workers get those weights back as policy version 0, and the prompt sampler is rewound:
-  every trial does the same work, and A/B/A/B repetitions cost no actor start-up.
-- Busy time per stage, measured on the actor side: Ray's task timeline gives the
-  execution span of every ``generate`` / ``update_weights`` / ``train_step`` /
-  ``export_weights`` call, and the teacher's ``stats()['forward_s']`` (polled after each
-  step) its compute time. Step boundaries are the times the trainer's progress callback
-  fires.
-- :func:`machine_info`: cores and ``uptime`` load, recorded with every figure (this is a
-  shared machine: only ratios measured side by side in one run mean anything).
-"""
+"""The actors of one job started once, whole trainer trials run on them, and each step's
+stage busy times."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import os
-import platform
 import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from _common.inputs import Inputs, prepare_inputs  # noqa: F401
+from _common.results import DEFAULT_WORK_DIR, RESULTS_DIR, machine_info, median  # noqa: F401
+from _common.spans import Interval, clip, init_ray, measure, settle_timeline, spans_of, subtract, timeline_spans  # noqa: F401
 
 logger = logging.getLogger("bench")
-
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
-DEFAULT_WORK_DIR = BENCH_DIR / ".cache"  # ignored by git (.gitignore: .cache/)
 
 # Small steps so a script's default run fits in a few minutes on a loaded 2-core CPU.
 SMALL_STEP = [
     "trainer.prompts_per_step=8", "rollout.group_size=4", "model.max_response_tokens=48",
     "trainer.eval_every=0", "trainer.eval_at_end=false", "trainer.save_every=0",
 ]
-
-Interval = tuple[float, float]
-T = TypeVar("T")
-
-
-# --------------------------------------------------------------------------- machine
-
-
-def machine_info() -> dict[str, Any]:
-    """Cores, load averages and the ``uptime`` line, taken now."""
-    try:
-        up = subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        up = ""
-    return {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()], "uptime": up,
-            "platform": platform.platform(), "python": platform.python_version()}
-
-
-def load_line(tag: str) -> str:
-    info = machine_info()
-    one, five, fifteen = info["loadavg"]
-    return f"[{tag}] {info['cpus']} CPUs, load {one:.2f} {five:.2f} {fifteen:.2f}"
-
-
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("bench").setLevel(logging.INFO)
-
-
-def write_result(name: str, payload: dict[str, Any], out: Path | None = None) -> Path:
-    path = out or RESULTS_DIR / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, sort_keys=False, default=_json_default) + "\n")
-    logger.info("wrote %s", path)
-    return path
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def model_spec(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int):
-    from scope_ray.bootstrap.models import TinyModelSpec
-
-    return TinyModelSpec(hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
-                         intermediate_size=intermediate)
-
-
-def default_student():
-    from scope_ray.bootstrap.models import TinyModelSpec
-
-    return TinyModelSpec()  # hidden 128, 2 layers (the embedded student's shape)
-
-
-def teacher_spec(hidden: int, layers: int, heads: int):
-    """A teacher shape from three numbers: 4 query heads per KV head, intermediate 3x hidden."""
-    return model_spec(hidden, layers, heads, max(1, heads // 4), hidden * 3)
-
-
-def default_teacher():
-    # The embedded teacher's shape: hidden 256, 4 layers; a teacher with some compute.
-    return teacher_spec(256, 4, 8)
-
-
-@dataclass(frozen=True)
-class Inputs:
-    student_dir: Path
-    teacher_dir: Path
-    train_file: Path
-    test_file: Path
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def overrides(self) -> list[str]:
-        return [f"model.student={self.student_dir}", f"model.teacher={self.teacher_dir}",
-                f"data.train_files=[{self.train_file}]", f"data.eval_files=[{self.test_file}]"]
-
-
-def prepare_inputs(work_dir: Path, *, seed: int = 0, n_train: int = 512, n_test: int = 16, level: int = 1,
-                   student: Any = None, teacher: Any = None, student_sft_steps: int = 0) -> Inputs:
-    """Random-init (optionally briefly SFT'd) student, random-init teacher, task files.
-
-    Cached under ``work_dir/inputs-<hash of the options>``; built in a temporary
-    directory and renamed into place, so an interrupted build is never reused.
-    ``student_sft_steps > 0`` trains the student that many SFT steps on the task's
-    correct solutions, so some of its rollouts verify as correct (SCOPE then sends
-    only the incorrect ones to the teacher); 0 keeps it random (every rollout wrong).
-    """
-    student = student or default_student()
-    teacher = teacher or default_teacher()
-    opts = {"seed": seed, "n_train": n_train, "n_test": n_test, "level": level, "student": asdict(student),
-            "teacher": asdict(teacher), "student_sft_steps": student_sft_steps, "version": 1}
-    key = hashlib.sha256(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:12]
-    root = work_dir / f"inputs-{key}"
-    if not (root / "COMPLETE").is_file():
-        work_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=work_dir))
-        try:
-            _build_inputs(tmp, opts, student, teacher)
-            (tmp / "COMPLETE").write_text(json.dumps(opts, indent=1))
-            shutil.rmtree(root, ignore_errors=True)
-            tmp.rename(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    meta = json.loads((root / "meta.json").read_text())
-    return Inputs(root / "student", root / "teacher", root / "data" / "train.parquet",
-                  root / "data" / "test.parquet", meta)
-
-
-def _build_inputs(out: Path, opts: dict[str, Any], student: Any, teacher: Any) -> None:
-    from scope_ray.bootstrap.models import init_model, save_model_dir
-    from scope_ray.data.synthetic import make_splits, write_parquet
-
-    t0 = time.perf_counter()
-    train, test = make_splits(opts["n_train"], opts["n_test"], opts["level"], opts["seed"])
-    write_parquet(train, out / "data" / "train.parquet", split="train")
-    write_parquet(test, out / "data" / "test.parquet", split="test")
-    meta: dict[str, Any] = dict(opts)
-    for name, spec, offset in (("teacher", teacher, 1), ("student", student, 2)):
-        model = init_model(spec, seed=opts["seed"] * 1000 + offset)
-        if name == "student" and opts["student_sft_steps"] > 0:
-            meta["student_sft_final_loss"] = _quick_sft(model, train, opts["student_sft_steps"], opts["seed"])
-        meta[f"{name}_params"] = sum(p.numel() for p in model.parameters())
-        save_model_dir(model, out / name)
-        del model
-    meta["build_s"] = round(time.perf_counter() - t0, 1)
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    logger.info("built inputs in %.1fs: %s", meta["build_s"], out)
-
-
-def _quick_sft(model: Any, problems: Sequence[Any], steps: int, seed: int) -> float:
-    from scope_ray.bootstrap.sft import SFTOptions, problem_examples, train_sft
-    from scope_ray.bootstrap.tokenizer import build_tokenizer
-
-    tok = build_tokenizer()
-    examples = problem_examples(problems, tok)
-    opts = SFTOptions(steps=steps, batch_size=32, lr=3e-3, warmup_steps=max(1, steps // 10), seed=seed)
-    result = train_sft(model, examples, opts, pad_id=tok.pad_token_id)
-    tail = result.losses[-5:] or [float("nan")]
-    return round(sum(tail) / len(tail), 4)
-
-
-# --------------------------------------------------------------------------- intervals
-
-
-def union(spans: Iterable[Interval]) -> list[Interval]:
-    out: list[Interval] = []
-    for a, b in sorted(s for s in spans if s[1] > s[0]):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
-
-
-def measure(spans: Iterable[Interval]) -> float:
-    return float(sum(b - a for a, b in union(spans)))
-
-
-def clip(spans: Iterable[Interval], lo: float, hi: float) -> list[Interval]:
-    return [(max(a, lo), min(b, hi)) for a, b in spans if b > lo and a < hi]
-
-
-def subtract(spans: Iterable[Interval], minus: Iterable[Interval]) -> list[Interval]:
-    """Parts of ``spans`` not covered by ``minus``."""
-    cut = union(minus)
-    out: list[Interval] = []
-    for a, b in union(spans):
-        cur = a
-        for c, d in cut:
-            if d <= cur or c >= b:
-                continue
-            if c > cur:
-                out.append((cur, c))
-            cur = max(cur, d)
-            if cur >= b:
-                break
-        if cur < b:
-            out.append((cur, b))
-    return out
-
-
-# --------------------------------------------------------------------------- Ray
-
-
-def init_ray(num_cpus: int) -> None:
-    """A private local Ray in this process (logical CPUs are a scheduling budget)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Ray 2.60 turns token authentication on by default; a throwaway local cluster
-    # started and stopped by this process needs none.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-
-
-def timeline_spans(t_lo: float, t_hi: float) -> dict[tuple[str, str], list[Interval]]:
-    """Execution spans (wall-clock seconds) of every actor task in [t_lo, t_hi], keyed by
-    (worker id, "Class.method")."""
-    import ray
-
-    out: dict[tuple[str, str], list[Interval]] = {}
-    for ev in ray.timeline():
-        cat = str(ev.get("cat", ""))
-        if not cat.startswith("task::") or ev.get("ph") != "X":
-            continue
-        a = float(ev["ts"]) / 1e6
-        b = a + float(ev.get("dur", 0.0)) / 1e6
-        if b < t_lo or a > t_hi:
-            continue
-        out.setdefault((str(ev.get("tid")), cat.removeprefix("task::")), []).append((a, b))
-    return out
-
-
-def spans_of(spans: dict[tuple[str, str], list[Interval]], method: str | tuple[str, ...]) -> dict[str, list[Interval]]:
-    """``{worker: spans}`` for one ``Class.method`` (or any of several)."""
-    methods = (method,) if isinstance(method, str) else method
-    out: dict[str, list[Interval]] = {}
-    for (worker, name), s in spans.items():
-        if name in methods:
-            out.setdefault(worker, []).extend(s)
-    return out
-
-
-def settle_timeline(seconds: float = 2.5) -> None:
-    """Task events reach the GCS about once a second; wait before reading the timeline."""
-    time.sleep(seconds)
-
-
-# --------------------------------------------------------------------------- cluster
-
 
 @dataclass
 class StepRecord:
@@ -449,8 +187,6 @@ def attach_spans(trials: Sequence[Trial]) -> None:
         t.spans = {k: clip(v, a, b) for k, v in allspans.items() if clip(v, a, b)}
 
 
-# --------------------------------------------------------------------------- per-step stage busy time
-
 # Whole calls (collect, or generate one at a time), or streams that yield each sample as it
 # finishes (rollout.stream_rollouts). Calls overlap on a worker: its busy time is their union.
 GENERATE = ("RolloutWorker.generate", "RolloutWorker.stream", "RolloutWorker.collect")
@@ -541,26 +277,3 @@ def add_trial_args(ap: argparse.ArgumentParser, *, warmup_steps: int = 1) -> Non
     ap.add_argument("--num-cpus", type=int, default=16, help="logical CPUs of the private local Ray")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("overrides", nargs="*", help="dotted config overrides for every trial")
-
-
-def medians(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, float]:
-    """``{key: median over rows}`` for each key (one row per repetition)."""
-    return {k: median([r[k] for r in rows]) for k in keys}
-
-
-def median(xs: Sequence[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    if n == 0:
-        return float("nan")
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-def interleave(names: Sequence[T], reps: int) -> list[tuple[int, T]]:
-    """A B C, C B A, A B C, ...: alternating order so slow drift in the machine's load
-    hits every variant alike."""
-    order: list[tuple[int, T]] = []
-    for r in range(reps):
-        seq = list(names) if r % 2 == 0 else list(reversed(names))
-        order.extend((r, n) for n in seq)
-    return order

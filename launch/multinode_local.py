@@ -8,7 +8,7 @@ kind to its node kind through ``rollout.resources`` / ``teacher.resources`` /
 
 Run it in its own process (it starts its own Ray, separate from any other)::
 
-    python scripts/multinode_local.py --out placement.json [OVERRIDES...]
+    python launch/multinode_local.py --out placement.json [OVERRIDES...]
 
 The JSON written to ``--out``: ``{"steps": N, "run_dir": ..., "nodes": {node_id: kind},
 "actors": [{"class", "node_id", "kind"}]}``. Loopback only, token auth off: a

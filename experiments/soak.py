@@ -5,7 +5,7 @@ replicas, learner ranks), the RSS of all Ray processes together, and the bytes i
 object store. Prints the curve and a verdict: after warm-up, no series may grow by more
 than ``--max-growth`` (10 %) from its level just after warm-up to its level at the end.
 
-    .venv/bin/python bench/soak.py --steps 200 --out bench/soak.json \\
+    .venv/bin/python experiments/soak.py --steps 200 --out experiments/results/soak.json \\
         trainer.prompts_per_step=4 rollout.group_size=4 model.max_response_tokens=48 \\
         trainer.eval_every=0 trainer.save_every=50
 

@@ -1,8 +1,8 @@
 """The paper's table, small-scale: every arm trained with the same budget, over seeds.
 
-    .venv/bin/python bench/paper_table.py                          # main table, seeds 0,1,2
-    .venv/bin/python bench/paper_table.py --sweep                  # scope: tau x normalize
-    .venv/bin/python bench/paper_table.py --steps 30 --prompts-per-step 16 --eval-every 10 \\
+    .venv/bin/python experiments/paper_table.py                          # main table, seeds 0,1,2
+    .venv/bin/python experiments/paper_table.py --sweep                  # scope: tau x normalize
+    .venv/bin/python experiments/paper_table.py --steps 30 --prompts-per-step 16 --eval-every 10 \\
         --set learner.lr=1e-4 --arms scope,opd,grpo --seeds 0,1
 
 Each arm/seed is one ``scope-ray train`` subprocess (one at a time) on the recipe
@@ -41,11 +41,14 @@ from typing import Any
 
 import yaml
 
-from _common import RESULTS_DIR, machine_info
+# The machine figures every result records come from the benchmarks' shared helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from _common import machine_info  # noqa: E402
 
-logger = logging.getLogger("bench.paper_table")
+logger = logging.getLogger("experiments.paper_table")
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_CONFIG = REPO / "launch" / "configs" / "tiny.yaml"
 DEFAULT_OUT = REPO / "runs" / "paper_table"
 DRIVER_FILE = "paper_table_run.json"  # written into each run dir after a successful run
@@ -434,7 +437,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="dotted override for every arm (repeatable), e.g. --set learner.lr=1e-4")
     ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="recipe YAML (default launch/configs/tiny.yaml)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run directories go to OUT/<arm>-s<seed>")
-    ap.add_argument("--results", type=Path, default=RESULTS_DIR, help="where the JSON/MD/PNG go (default bench/results)")
+    ap.add_argument("--results", type=Path, default=RESULTS_DIR, help="where the JSON/MD/PNG go (default experiments/results)")
     ap.add_argument("--scope-ray", type=Path, default=REPO / ".venv" / "bin" / "scope-ray", help="the console script")
     args = ap.parse_args(argv)
     bad = [s for s in args.extra if "=" not in s]

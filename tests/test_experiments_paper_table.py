@@ -1,4 +1,4 @@
-"""bench/paper_table.py's pure helpers on synthetic metrics.jsonl files: which runs count
+"""experiments/paper_table.py's pure helpers on synthetic metrics.jsonl files: which runs count
 as complete (resume), aggregation over seeds, the ordering check, the markdown table.
 No Ray, no training."""
 
@@ -13,8 +13,8 @@ import pytest
 
 from scope_ray.config import TrainerConfig
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
 
 import paper_table as pt  # noqa: E402
 
