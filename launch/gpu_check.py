@@ -1,7 +1,7 @@
 """Paper-shape figures on one GPU, against what ``scope-ray plan`` estimates.
 
     python launch/gpu_check.py --out gpu_check.json      # CUDA: 1.5B learner, 7B teacher
-    python launch/gpu_check.py --device cpu --tiny       # what tests/test_gpu_check.py runs
+    python launch/gpu_check.py --device cpu --tiny       # what tests/launch/test_gpu_check.py runs
     python launch/gpu_check.py --device cpu --small --learner-tokens 4096   # ~25M, memory on CPU
 
 learner  a random-init model of the 1.5B student's shape (DeepSeek-R1-Distill-Qwen-1.5B:

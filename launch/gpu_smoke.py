@@ -16,7 +16,7 @@ missing are reported as skipped. Prints one JSON report on stdout (``--out`` als
 writes it) and exits 1 if any path failed.
 
     python launch/gpu_smoke.py                      # CUDA, ~100M model
-    python launch/gpu_smoke.py --device cpu --tiny  # what tests/test_gpu_smoke.py runs
+    python launch/gpu_smoke.py --device cpu --tiny  # what tests/launch/test_gpu_smoke.py runs
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared set-up of the fault tests (tests/test_faults_*.py): the tiny recipe, a run that
+"""Shared set-up of the fault tests (tests/faults/test_faults_*.py): the tiny recipe, a run that
 exposes its Trainer, and one fault-free baseline run per test session.
 
 Faults are injected from the tests through real Ray APIs (``ray.kill`` on live actors,

@@ -75,7 +75,7 @@ def bind_local_ray_to_loopback() -> None:
     routable address) except in its single-machine mode, the one it uses on macOS and
     Windows, switched by ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``. That variable is read
     when Ray is imported, which has happened by now, so the parsed constant is set too;
-    the variable reaches the processes Ray spawns. tests/test_faults_driver.py reads the
+    the variable reaches the processes Ray spawns. tests/faults/test_faults_driver.py reads the
     listening sockets of a real run and fails if a Ray upgrade changes this.
     """
     import ray._private.ray_constants as ray_constants

@@ -118,7 +118,7 @@ def _init_on_loopback(rank: int, world_size: int, master_addr: str, master_port:
         # The store's daemon thread polls this fd for the life of the group: hand it over
         # (detach), or the socket object closes it when this function returns, and the
         # daemon aborts the process ("Unexpected poll revent on the master's listening
-        # socket: 32", POLLNVAL; seen on a resume in tests/test_faults_driver.py).
+        # socket: 32", POLLNVAL; seen on a resume in tests/faults/test_faults_driver.py).
         listen_fd = listener.detach()
     store = torch.distributed.TCPStore(
         master_addr, master_port, world_size, is_master=rank == 0, timeout=timeout,

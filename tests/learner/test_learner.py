@@ -388,7 +388,7 @@ def test_the_loopback_group_keeps_its_listening_socket() -> None:
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", _LOOPBACK_GROUP_OUTLIVES_ITS_SETUP], cwd=root, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -407,7 +407,7 @@ def test_learner_processes_build_with_the_interpreters_own_ninja() -> None:
     assert own.is_file(), "pip's ninja (a DeepSpeed dependency) is missing from the venv"
     code = ("from scope_ray.learner.engine import configure_process_env; configure_process_env(); "
             "import shutil; print(shutil.which('ninja'))")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     for path in ("/usr/bin:/bin", f"{own.parent}{os.pathsep}/usr/bin:/bin"):
         out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
                              env={**os.environ, "PATH": path})

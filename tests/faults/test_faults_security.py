@@ -1,7 +1,7 @@
 """Nothing we load can run code: weights and checkpoints go through safetensors or
 ``torch.load(weights_only=True)`` (DeepSpeed's own loader included), and our sources use
 no unpickling, ``eval`` or ``exec``. Hostile model output is covered by
-tests/test_reward_hostile.py."""
+tests/reward/test_reward_hostile.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import ray
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OUR_CODE = ("scope_ray", "actors", "launch", "bench")
 
 UNPICKLERS = {"pickle", "cPickle", "cloudpickle", "dill", "marshal", "shelve", "joblib"}

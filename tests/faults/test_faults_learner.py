@@ -1,7 +1,7 @@
 """A learner rank killed mid-run with ``trainer.on_learner_failure: restore``: the group
 is rebuilt from the last checkpoint and the run goes on as if nothing had happened
 (real DeepSpeed learner on local Ray). The ``stop`` policy, hangs and non-finite steps
-are in tests/test_faults_stop.py."""
+are in tests/faults/test_faults_stop.py."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 
 from scope_ray.config import RunConfig, load_config, overlay_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "launch" / "configs"
 LAYOUTS = CONFIGS / "layouts"
 PAIRS = ("r1distill1.5b-skywork7b", "qwen3-1.7b-base-qwen3-8b")

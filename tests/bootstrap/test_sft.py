@@ -136,7 +136,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 def test_distill_offline_trains_on_teacher_samples(tiny_bootstrap, tmp_path, monkeypatch):
     """Offline KD: the student is fine-tuned on what the teacher wrote (vLLM sampling is
-    stubbed; tests/test_bootstrap.py covers serving the models)."""
+    stubbed; tests/bootstrap/test_bootstrap.py covers serving the models)."""
     import scope_ray.bootstrap.sft as sft
     from scope_ray.data.synthetic import read_problems
 

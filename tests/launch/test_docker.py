@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 GPU, CPU = DOCKER / "Dockerfile.gpu", DOCKER / "Dockerfile.cpu"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from _proc_tree import kill_tree, wait_gone
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "launch" / "multinode_local.py"
 
 

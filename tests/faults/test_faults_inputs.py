@@ -1,6 +1,6 @@
 """Bad input to ``scope-ray train``: one line naming the key, no traceback, exit code 2,
 and nothing started (no Ray, no actor). Config values and paths are covered key by key
-in tests/test_config.py, dataset rows (fuzzed) in tests/test_dataset.py."""
+in tests/test_config.py, dataset rows (fuzzed) in tests/data/test_dataset.py."""
 
 from __future__ import annotations
 
@@ -96,8 +96,8 @@ def test_a_rollout_longer_than_the_context_is_one_line_before_ray_starts(
 
 def test_a_stopped_run_is_one_line_and_exit_3(tiny_bootstrap, tmp_path, capsys, monkeypatch) -> None:
     """The CLI's side of a deliberate stop (learner failure, non-finite steps): the
-    stops themselves are run for real in tests/test_faults_stop.py, and one through the
-    real CLI end to end (SIGTERM, exit 3) in tests/test_faults_driver.py."""
+    stops themselves are run for real in tests/faults/test_faults_stop.py, and one through the
+    real CLI end to end (SIGTERM, exit 3) in tests/faults/test_faults_driver.py."""
     import logging
 
     from scope_ray.controller import launch

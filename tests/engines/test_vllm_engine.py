@@ -17,7 +17,7 @@ import pytest
 
 from scope_ray.engines import vllm_engine as ve
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GIB = 1 << 30
 
 

@@ -164,7 +164,7 @@ def test_staleness_1_resume_equals_uninterrupted(ray_session, tiny_bootstrap, st
     them again would generate them with the step-1 weights instead. (The run that wrote
     the checkpoint is the uninterrupted one itself: a copy of its directory with the
     later checkpoints taken away is a run stopped after step 1. A stop by signal is
-    tested end to end in tests/test_faults_driver.py.)"""
+    tested end to end in tests/faults/test_faults_driver.py.)"""
     import shutil
 
     from scope_ray.controller import prefetch

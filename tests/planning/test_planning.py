@@ -16,7 +16,7 @@ from scope_ray.config import ConfigError, load_config
 from scope_ray.planning import check_live, load_cluster, plan_run
 from scope_ray.planning.shapes import KNOWN, from_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "launch" / "configs"
 CLUSTERS = ROOT / "launch" / "clusters"
 RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "tiny.yaml")

@@ -13,7 +13,7 @@ import pytest
 
 from scope_ray.config import TrainerConfig
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
 import paper_table as pt  # noqa: E402

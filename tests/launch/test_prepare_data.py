@@ -20,7 +20,7 @@ import pytest
 from scope_ray.config import load_config
 from scope_ray.data import load_prompts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "launch" / "prepare_data.py"
 
 

@@ -25,7 +25,7 @@ import pytest
 
 from _proc_tree import kill_tree, wait_gone
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUBMIT = ROOT / "launch" / "ray_job" / "submit.sh"
 BIN = Path(sys.executable).parent
 RAY = BIN / "ray"
