@@ -2,6 +2,7 @@
 
     .venv/bin/python experiments/paper_table.py                          # main table, seeds 0,1,2
     .venv/bin/python experiments/paper_table.py --sweep                  # scope: tau x normalize
+    .venv/bin/python experiments/paper_table.py --staleness              # scope: max_staleness 0/1/2/4
     .venv/bin/python experiments/paper_table.py --steps 30 --prompts-per-step 16 --eval-every 10 \\
         --set learner.lr=1e-4 --arms scope,opd,grpo --seeds 0,1
 
@@ -16,7 +17,7 @@ is the start, the eval row at the last step is the final. A run dir that already
 final row is skipped, so a killed sweep continues where it stopped; an incomplete run dir
 is deleted and run again (``save_every=0`` leaves no checkpoint to resume from).
 
-Writes ``<results>/paper_table{,_sweep}.json`` and ``.md`` (mean +- sample std over seeds
+Writes ``<results>/paper_table{,_sweep,_staleness}.json`` and ``.md`` (mean +- sample std over seeds
 of final held-out avg@K / pass@K, their change from the start, wall seconds) and
 ``_curves.png`` (eval avg@K vs step, mean over seeds), and says whether SCOPE > OPD > GRPO
 holds on the final avg@K means.
@@ -80,6 +81,14 @@ MAIN_ARMS: tuple[Arm, ...] = (
 SWEEP_ARMS: tuple[Arm, ...] = tuple(
     Arm(f"scope-tau{tau}-{norm}", ("algorithm.name=scope", f"algorithm.tau={tau}", f"algorithm.normalize={norm}"))
     for norm in ("sum", "mean") for tau in ("0.5", "1", "2")
+)
+
+
+# Does generating ahead of the learner cost accuracy? Same budget, rollouts up to k
+# policy versions old (rho corrects with the engine's log-probs).
+STALENESS_ARMS: tuple[Arm, ...] = tuple(
+    Arm(f"scope-s{k}", ("algorithm.name=scope", f"trainer.max_staleness={k}"), f"max_staleness {k}")
+    for k in (0, 1, 2, 4)
 )
 
 
@@ -427,7 +436,10 @@ def _no_nan(obj: Any) -> Any:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweep", action="store_true", help="the tau x normalize table of scope instead of the main one")
+    table_kind = ap.add_mutually_exclusive_group()
+    table_kind.add_argument("--sweep", action="store_true", help="the tau x normalize table of scope instead of the main one")
+    table_kind.add_argument("--staleness", action="store_true",
+                            help="scope at trainer.max_staleness 0, 1, 2 and 4 instead of the main table")
     ap.add_argument("--arms", help="comma list of arms to run (default: every arm of the table)")
     ap.add_argument("--seeds", default="0,1,2", help="comma list of trainer.seed values (default 0,1,2)")
     ap.add_argument("--steps", type=int, help="trainer.total_steps (default: the recipe's)")
@@ -449,12 +461,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    table = SWEEP_ARMS if args.sweep else MAIN_ARMS
+    table = SWEEP_ARMS if args.sweep else STALENESS_ARMS if args.staleness else MAIN_ARMS
     arms = select_arms(table, args.arms)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     budget = Budget(args.steps if args.steps is not None else default_steps(args.config), args.prompts_per_step,
                     args.eval_every, tuple(args.extra))
-    name = "paper_table_sweep" if args.sweep else "paper_table"
+    name = "paper_table_sweep" if args.sweep else "paper_table_staleness" if args.staleness else "paper_table"
     print(f"{name}: {len(arms)} arms x seeds {seeds}, {budget.steps} steps each, overrides {budget.overrides()}, "
           f"runs in {args.out}", flush=True)
     if any(a.name == "opd-g1" for a in arms):
@@ -464,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results, failures = run_all(arms, seeds, budget, args.out, args.scope_ray, args.config)
     summaries = summarize(results, arms)
-    ordering = None if args.sweep else check_ordering(summaries)
+    ordering = None if args.sweep or args.staleness else check_ordering(summaries)
     md = (f"{len(seeds)} seed(s) {seeds}, `--config {args.config.name}`, overrides for every arm: "
           f"`{' '.join(budget.overrides())}`\n\n" + render_markdown(summaries, ordering))
     args.results.mkdir(parents=True, exist_ok=True)

@@ -160,6 +160,17 @@ def test_sweep_arms_and_default_steps(tmp_path: Path) -> None:
     assert pt.default_steps(pt.DEFAULT_CONFIG) >= 1
 
 
+def test_staleness_arms_are_scope_at_each_bound(tmp_path: Path) -> None:
+    budget = pt.Budget(steps=5, prompts_per_step=4, eval_every=None, extra=("trainer.max_staleness=3",))
+    bounds = {}
+    for arm in pt.STALENESS_ARMS:
+        ov = pt.run_overrides(arm, 0, budget, tmp_path / arm.name)
+        assert "algorithm.name=scope" in ov
+        # The arm's bound wins over a --set one: the last max_staleness in the list.
+        bounds[arm.name] = [o for o in ov if o.startswith("trainer.max_staleness=")][-1].split("=")[1]
+    assert bounds == {"scope-s0": "0", "scope-s1": "1", "scope-s2": "2", "scope-s4": "4"}
+
+
 def test_curves_png(tmp_path: Path) -> None:
     summaries = pt.summarize(_runs(tmp_path, "scope", [0.2, 0.3]), pt.MAIN_ARMS)
     out = pt.plot_curves(summaries, tmp_path / "c.png")
