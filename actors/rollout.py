@@ -22,14 +22,13 @@ the same temperature. ``raw_logprobs`` (vLLM's default) are the untempered polic
 from __future__ import annotations
 
 import logging
-import queue
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import ray
 
-from scope_ray.engines.rollout_engine import END, Finished, RolloutEngine, SamplingConfig, request_seed
+from scope_ray.engines.rollout_engine import Finished, OpenCall, RolloutEngine, SamplingConfig, gather, request_seed
 from scope_ray.engines.vllm_engine import EngineOptions
 from scope_ray.log_routing import capture_process_output
 from scope_ray.types import GenerationRequest, Rollout
@@ -61,7 +60,7 @@ class RolloutWorker:
         capture_process_output()  # a local run's train.log, not the terminal (log_routing)
         self.worker_index = worker_index
         self._weight_group: str | None = None  # rollout.weight_sync: broadcast
-        self._outputs: dict[int, queue.SimpleQueue] = {}  # open calls: where their samples arrive
+        self._open: dict[int, OpenCall] = {}  # submitted calls not yet read
         t0 = time.perf_counter()
         self.engine = RolloutEngine(engine, sampling, worker_index, max_calls_in_flight)
         self.llm = self.engine.llm
@@ -84,38 +83,21 @@ class RolloutWorker:
         """Queue G = ``request.n`` samples per request on the engine; returns the call id
         that :meth:`stream` / :meth:`collect` read. ``sampling`` overrides the worker's
         defaults for this call (e.g. evaluation temperature)."""
-        out: queue.SimpleQueue = queue.SimpleQueue()
-        call_id = self.engine.submit(requests, sampling, out.put)
-        self._outputs[call_id] = out
-        return call_id
+        call = self.engine.submit(requests, sampling)
+        self._open[call.id] = call
+        return call.id
 
     @ray.method(concurrency_group="streams")
     def stream(self, call_id: int) -> Iterator[Finished]:
         """The samples of call ``call_id`` as each engine step finishes them (one item per
         step, not per sample: each item costs an object-store put), so the controller
         verifies and teacher-scores short samples while long ones still decode."""
-        out = self._outputs[call_id]
-        ended = False
-        try:
-            while (item := out.get()) is not END:
-                if isinstance(item, BaseException):
-                    ended = True
-                    raise item
-                yield item
-            ended = True
-        finally:
-            del self._outputs[call_id]
-            if not ended:
-                self.engine.cancel(call_id)  # the consumer went away: free the engine
+        yield from self.engine.results(self._open.pop(call_id))
 
     @ray.method(concurrency_group="streams")
     def collect(self, call_id: int) -> list[list[Rollout]]:
         """All of call ``call_id``'s rollouts, G per request in request order."""
-        groups: dict[int, dict[int, Rollout]] = {}
-        for done in self.stream(call_id):
-            for position, index, rollout in done:
-                groups.setdefault(position, {})[index] = rollout
-        return [[group[j] for j in sorted(group)] for _, group in sorted(groups.items())]
+        return gather(self.engine.results(self._open.pop(call_id)))
 
     def generate(self, requests: list[GenerationRequest],
                  sampling: SamplingConfig | dict[str, Any] | None = None) -> list[list[Rollout]]:

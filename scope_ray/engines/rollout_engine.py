@@ -3,8 +3,10 @@
 Generate calls are admitted the moment they arrive: their samples join the sequences
 already decoding, so a worker given four calls decodes them as one batch instead of
 four back-to-back ones, and under ``trainer.max_staleness >= 1`` the next step's
-prompts start decoding beside the current step's. Each finished sample goes to its
-call's ``deliver`` callback at the end of the engine step that finished it.
+prompts start decoding beside the current step's. ``submit`` returns an :class:`OpenCall`;
+each finished sample reaches its queue at the end of the engine step that finished it,
+and ``results`` reads it (``rollout.max_calls_in_flight`` caps how many calls decode at
+once; the rest wait their turn in order).
 
 Work that must not overlap decoding (a weight update, joining a broadcast group) is
 *exclusive*: it runs on the loop thread once every call admitted before it has finished,
@@ -23,7 +25,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -35,7 +37,7 @@ from scope_ray.types import GenerationRequest, Rollout
 
 logger = logging.getLogger(__name__)
 
-# What a call's deliver callback receives: the samples one engine step finished, as
+# What a call's outputs queue receives: the samples one engine step finished, as
 # [(position in the call's requests, sample index, rollout), ...]; then END, or the
 # exception that ended the call.
 Finished = list[tuple[int, int, Rollout]]
@@ -70,6 +72,23 @@ def request_seed(worker_seed: int, worker_index: int, call_index: int) -> int:
     (worker seed, worker, call) spreads them and keeps them reproducible run to run.
     """
     return int(np.random.SeedSequence([worker_seed, worker_index, call_index]).generate_state(1)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class OpenCall:
+    """A submitted call: its id and the queue its finished samples arrive in."""
+
+    id: int
+    outputs: queue.SimpleQueue
+
+
+def gather(finished: Iterable[Finished]) -> list[list[Rollout]]:
+    """A call's samples, G per request in request order."""
+    groups: dict[int, dict[int, Rollout]] = {}
+    for done in finished:
+        for position, index, rollout in done:
+            groups.setdefault(position, {})[index] = rollout
+    return [[group[j] for j in sorted(group)] for _, group in sorted(groups.items())]
 
 
 @dataclass
@@ -120,10 +139,9 @@ class RolloutEngine:
         self._thread.start()
 
     # ------------------------------------------------------------ any thread
-    def submit(self, requests: list[GenerationRequest], sampling: SamplingConfig | dict[str, Any] | None,
-               deliver: Callable[[Finished | BaseException | None], None]) -> int:
-        """Queue one call's ``n`` samples per request; returns the call's id (for
-        :meth:`cancel`). ``deliver`` is called on the loop thread.
+    def submit(self, requests: list[GenerationRequest],
+               sampling: SamplingConfig | dict[str, Any] | None = None) -> OpenCall:
+        """Queue one call's ``n`` samples per request; read them with :meth:`results`.
 
         A request's ``seed`` (when not None) fixes its samples wherever it runs; otherwise
         the seed comes from (engine seed, worker index, count of requests this engine has
@@ -134,7 +152,8 @@ class RolloutEngine:
         from vllm.inputs import tokens_input
 
         cfg = SamplingConfig.coerce(sampling, self.sampling)
-        call = _Call(next(self._call_ids), [], deliver)
+        opened = OpenCall(next(self._call_ids), queue.SimpleQueue())
+        call = _Call(opened.id, [], opened.outputs.put)
         for position, req in enumerate(requests):
             seed = req.seed
             if seed is None:
@@ -147,11 +166,22 @@ class RolloutEngine:
                 call.adds.append((rid, prompt, _params(seed + j, cfg)))
                 call.slots[rid] = (position, j)
         self._commands.put(call)
-        return call.id
+        return opened
 
-    def cancel(self, call_id: int) -> None:
-        """Stop a call's samples (its consumer went away); a finished call is left alone."""
-        self._commands.put(_Abort(call_id))
+    def results(self, call: OpenCall) -> Iterator[Finished]:
+        """What each engine step finished of ``call``, until it is done (its error is
+        raised here). A reader that stops early cancels the call's remaining samples."""
+        ended = False
+        try:
+            while (item := call.outputs.get()) is not END:
+                if isinstance(item, BaseException):
+                    ended = True
+                    raise item
+                yield item
+            ended = True
+        finally:
+            if not ended:
+                self._commands.put(_Abort(call.id))
 
     def run_exclusive(self, fn: Callable[[], Any]) -> Future:
         """Run ``fn`` on the loop thread once the engine holds no call admitted before it;
@@ -163,28 +193,7 @@ class RolloutEngine:
     def generate(self, requests: list[GenerationRequest],
                  sampling: SamplingConfig | dict[str, Any] | None = None) -> list[list[Rollout]]:
         """Blocking: G = ``request.n`` rollouts per request, in request order."""
-        groups: list[list[Rollout | None]] = [[None] * r.n for r in requests]
-        for done in self.stream(requests, sampling):
-            for position, index, rollout in done:
-                groups[position][index] = rollout
-        return groups  # type: ignore[return-value]  # every slot is filled
-
-    def stream(self, requests: list[GenerationRequest],
-               sampling: SamplingConfig | dict[str, Any] | None = None) -> Iterator[Finished]:
-        """Blocking iterator over what each engine step finished of one call."""
-        out: queue.SimpleQueue = queue.SimpleQueue()
-        call_id = self.submit(requests, sampling, out.put)
-        ended = False
-        try:
-            while (item := out.get()) is not END:
-                if isinstance(item, BaseException):
-                    ended = True
-                    raise item
-                yield item
-            ended = True
-        finally:
-            if not ended:
-                self.cancel(call_id)
+        return gather(self.results(self.submit(requests, sampling)))
 
     # ------------------------------------------------------------ loop thread
     def _loop(self) -> None:
