@@ -251,7 +251,7 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
 
     m, r, t, lr, a, tr = cfg.model, cfg.rollout, cfg.teacher, cfg.learner, cfg.algorithm, cfg.trainer
     # An algorithm without a teacher (GRPO: its KL reference is the initial student).
-    teacherless = a.name in ALGORITHMS and not ALGORITHMS[a.name].needs_teacher
+    teacherless = a.name in ALGORITHMS and ALGORITHMS[a.name].scorer(a.kl_beta) != "teacher"
     _require(bool(m.student) == bool(m.teacher) or (teacherless and m.student), "model.teacher" if m.student else "model.student",
              "set both model.student and model.teacher, or neither (embedded default)")
     for key, path in (("model.student", m.student), ("model.teacher", m.teacher)):

@@ -17,14 +17,15 @@ from scope_ray.algo.algorithms import (
 )
 from scope_ray.algo.losses import (AGGREGATIONS, grpo_advantages, grpo_loss, importance_ratio, loss_denominator,
                                    scope_loss)
-from scope_ray.algo.metrics import mean_avg_at_k, mean_pass_at_k, mean_reverse_kl, pass_at_k, weight_stats
+from scope_ray.algo.metrics import (mean_avg_at_k, mean_pass_at_k, mean_reverse_kl, pass_at_k, reference_kl,
+                                    weight_stats)
 from scope_ray.algo.weights import NORMALIZE_MODES, scope_weights, sequence_mean_logprob
 
 __all__ = [
     "loss_denominator",
     "AGGREGATIONS", "ALGORITHMS", "AlgorithmSpec", "LossInputs", "NORMALIZE_MODES",
     "compute_loss", "distill_path", "get_algorithm", "grpo_advantages", "grpo_loss",
-    "importance_ratio", "mean_avg_at_k", "mean_pass_at_k", "mean_reverse_kl",
+    "importance_ratio", "mean_avg_at_k", "mean_pass_at_k", "mean_reverse_kl", "reference_kl",
     "needs_teacher_score", "pass_at_k", "rollout_weights", "scope_loss", "scope_weights",
     "sequence_mean_logprob", "weight_stats",
 ]

@@ -1,19 +1,26 @@
 """SCOPE, its ablations and the baselines behind one switch (``algorithm.name``).
 
-Each algorithm is a small frozen spec; the controller asks it which rollouts the teacher
-must score, the learner asks it for per-rollout weights and the loss. Everything runs
-through the same two loss functions in :mod:`scope_ray.algo.losses`.
+Each algorithm is a small frozen spec, and everything that depends on the algorithm is
+asked of it: which scoring server a run starts (:meth:`AlgorithmSpec.scorer`), which
+rollouts it scores (:meth:`~AlgorithmSpec.scored`), the checks a batch must pass before a
+learner step (:meth:`~AlgorithmSpec.check_batch`), the per-rollout weights, the
+advantages and the loss, and the family's own metrics
+(:meth:`~AlgorithmSpec.signal_metrics`). No code outside ``scope_ray/algo/`` branches on
+an algorithm. Everything runs through the same two loss functions in
+:mod:`scope_ray.algo.losses`.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from scope_ray.algo.losses import Aggregation, grpo_advantages, grpo_loss, scope_loss
+from scope_ray.algo.metrics import mean_reverse_kl, reference_kl, weight_stats
 from scope_ray.algo.weights import Normalize, scope_weights
 
 
@@ -48,6 +55,49 @@ class AlgorithmSpec:
         if self.needs_teacher:
             return "teacher"
         return "reference" if self.needs_reference and kl_beta > 0 else None
+
+    def scored(self, correct: torch.Tensor, kl_beta: float = 0.0) -> torch.Tensor:
+        """Which rollouts the scoring server scores (bool, like ``correct``): SCOPE the
+        incorrect ones and OPD all, by the teacher; GRPO all by the reference policy when
+        ``kl_beta > 0``, else none."""
+        if self.needs_reference:
+            return torch.full_like(correct, kl_beta > 0, dtype=torch.bool)
+        return needs_teacher_score(self, correct)
+
+    def check_batch(self, correct: torch.Tensor, response_mask: torch.Tensor, teacher_logp: torch.Tensor,
+                    ref_logp: torch.Tensor | None, kl_beta: float) -> None:
+        """What the loss would reject, checked before a learner step starts (a rank
+        raising mid-step would leave the others waiting). Raises ValueError."""
+        if self.needs_teacher:
+            distilled = (~distill_path(self, correct))[:, None] & response_mask.bool()
+            if not bool(torch.isfinite(teacher_logp[distilled]).all()):
+                raise ValueError(f"{self.name}: teacher_logp is missing (NaN) on a response token of a distilled rollout")
+        elif kl_beta > 0 and ref_logp is None:
+            raise ValueError(f"{self.name}: ref_logp is required when kl_beta > 0")
+
+    def signal_metrics(self, weights: torch.Tensor, correct: torch.Tensor, group_index: torch.Tensor,
+                       log_ratios: Sequence[Sequence[float]]) -> dict[str, float]:
+        """The family's own per-step statistics. ``log_ratios``: per scored rollout,
+        log pi_old - log pi_scorer at each response token.
+
+        Distillation: the weights of each path (ESS, entropy, largest weight) and the
+        sampled reverse KL to the teacher with the scored rollouts and tokens. GRPO: the
+        KL to the reference with the loss's own estimator exp(d) - d - 1.
+        """
+        out: dict[str, float] = {}
+        if self.needs_teacher:
+            mle = distill_path(self, correct)
+            for path, members in (("correct", mle), ("incorrect", ~mle)):
+                for k, v in weight_stats(weights, members, group_index).items():
+                    if k != "size":
+                        out[f"weights/{path}_{k}"] = v
+            if log_ratios:
+                out["teacher/reverse_kl"] = mean_reverse_kl(log_ratios)
+            out["teacher/scored_rollouts"] = float(len(log_ratios))
+            out["teacher/scored_tokens"] = float(sum(len(d) for d in log_ratios))
+        elif self.needs_reference and log_ratios:
+            out["reference/kl"] = reference_kl(log_ratios)
+        return out
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {

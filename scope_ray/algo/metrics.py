@@ -90,3 +90,13 @@ def mean_reverse_kl(log_ratios: Sequence[Sequence[float]]) -> float:
     if count == 0:
         return math.nan
     return float(sum(math.fsum(float(x) for x in r) for r in log_ratios) / count)
+
+
+def reference_kl(log_ratios: Sequence[Sequence[float]]) -> float:
+    """Mean per-token KL to a reference policy with GRPO's estimator exp(d) - d - 1 (>= 0,
+    0 where the policies agree), d = log pi_ref - log pi_old; ``log_ratios[r]`` holds
+    log pi_old - log pi_ref at each response token of rollout r (ragged). NaN if none."""
+    if not any(len(r) for r in log_ratios):
+        return math.nan
+    d = -torch.cat([torch.as_tensor(r, dtype=torch.float64) for r in log_ratios])
+    return float((torch.exp(d) - d - 1.0).mean())

@@ -153,10 +153,11 @@ def build(cfg: RunConfig, student_dir: str, teacher_dir: str, tokenizer: Any, tr
     teachers = []
     # The scoring server serves the teacher (SCOPE, OPD) or, for GRPO's KL term, the
     # frozen initial student as the reference policy.
-    scorer_dir = teacher_dir if spec.needs_teacher else student_dir
+    scorer = spec.scorer(cfg.algorithm.kl_beta)
+    scorer_dir = teacher_dir if scorer == "teacher" else student_dir
     # The reference is the initial *sampling* policy, tempered like the trained one.
-    scorer_temperature = t.temperature if spec.needs_teacher else r.temperature
-    if spec.scorer(cfg.algorithm.kl_beta) is not None:
+    scorer_temperature = t.temperature if scorer == "teacher" else r.temperature
+    if scorer is not None:
         teachers = [
             # Scoring is a pure function of its input: Ray retries a lost call on the
             # restarted replica by itself (the stream then tries another replica).

@@ -13,21 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scope_ray.algo import AlgorithmSpec, mean_reverse_kl, needs_teacher_score, rollout_weights, weight_stats
+from scope_ray.algo import AlgorithmSpec, rollout_weights
 from scope_ray.types import RolloutGroup, ScoreRequest
 
 NAN = float("nan")
-
-
-def scored_rollouts(spec: AlgorithmSpec, correct: torch.Tensor, kl_beta: float = 0.0) -> torch.Tensor:
-    """Which rollouts the scoring server must score.
-
-    SCOPE: the incorrect ones (teacher); OPD: all (teacher). GRPO with a KL term: all,
-    by the *reference* policy (the initial student, served by the same scoring server).
-    """
-    if spec.needs_reference:
-        return torch.full_like(correct, kl_beta > 0, dtype=torch.bool)
-    return needs_teacher_score(spec, correct)
 
 
 def teacher_requests(
@@ -40,7 +29,7 @@ def teacher_requests(
     """
     candidates = range(len(group.rollouts)) if among is None else among
     correct = torch.tensor([group.rewards[i] > 0.5 for i in candidates], dtype=torch.bool)
-    need = scored_rollouts(spec, correct, kl_beta).tolist()
+    need = spec.scored(correct, kl_beta).tolist()
     idx = [i for i, n in zip(candidates, need) if n]
     reqs = [ScoreRequest(prompt_ids=group.prompt_ids, response_ids=group.rollouts[i].response_ids) for i in idx]
     return idx, reqs
@@ -139,32 +128,7 @@ def batch_metrics(spec: AlgorithmSpec, wb: WeightedBatch, learner_version: int) 
             reasons[r] = reasons.get(r, 0) + 1
     for r, k in reasons.items():
         out[f"verifier/{r}"] = k / n
-    if spec.needs_teacher:
-        from scope_ray.algo import distill_path
-
-        mle = distill_path(spec, wb.correct)
-        for name, members in (("correct", mle), ("incorrect", ~mle)):
-            st = weight_stats(wb.weights, members, wb.group_index)
-            for k, v in st.items():
-                if k != "size":
-                    out[f"weights/{name}_{k}"] = v
-        # Sampled reverse KL on scored rollouts: mean over tokens of log pi_S - log pi_T.
-        diffs = _scored_log_ratios(groups)
-        if diffs:
-            out["teacher/reverse_kl"] = mean_reverse_kl(diffs)
-            out["teacher/scored_rollouts"] = float(len(diffs))
-            out["teacher/scored_tokens"] = float(sum(len(d) for d in diffs))
-        else:
-            out["teacher/scored_rollouts"] = 0.0
-            out["teacher/scored_tokens"] = 0.0
-    elif spec.needs_reference:
-        # GRPO's KL term to the reference (the frozen initial policy), with the loss's own
-        # per-token estimator exp(d) - d - 1, d = log pi_ref - log pi_old (>= 0 per
-        # token, 0 where the policies agree), on the rollout policy's tokens.
-        diffs = _scored_log_ratios(groups)
-        if diffs:
-            d = -np.concatenate(diffs)
-            out["reference/kl"] = float((np.exp(d) - d - 1.0).mean())
+    out.update(spec.signal_metrics(wb.weights, wb.correct, wb.group_index, _scored_log_ratios(groups)))
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
 
 

@@ -146,7 +146,7 @@ class Trainer:
             sequential=c.trainer.schedule == "sequential", stream_rollouts=c.rollout.stream_rollouts,
             policy_version=self.version, recover_worker=self.recover_rollout_worker,
             max_retries=c.trainer.actor_max_restarts, dead_teachers=self._dead_teachers,
-            kl_beta=c.algorithm.kl_beta if self.spec.needs_reference else 0.0,
+            kl_beta=c.algorithm.kl_beta,  # the spec decides whether it sends anything to a reference
         )
 
     def _start_stream(self) -> StepStream:
@@ -288,7 +288,8 @@ class Trainer:
         return weigh_groups(self.spec, groups, tau=self.cfg.algorithm.tau, normalize=self.cfg.algorithm.normalize)
 
     def _train_batch(self, wb: WeightedBatch):
-        return to_train_batch(wb, self.parts.pad_id, scores_are_reference=self.spec.needs_reference)
+        scorer = self.spec.scorer(self.cfg.algorithm.kl_beta)
+        return to_train_batch(wb, self.parts.pad_id, scores_are_reference=scorer == "reference")
 
     def _restore(self, ref: ckpt.CheckpointRef) -> None:
         state = ref.controller_state()

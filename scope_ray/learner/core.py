@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from scope_ray.algo import AlgorithmSpec, LossInputs, compute_loss, distill_path, get_algorithm, loss_denominator
+from scope_ray.algo import AlgorithmSpec, LossInputs, compute_loss, get_algorithm, loss_denominator
 from scope_ray.learner.batch import TrainBatch, micro_batch_indices
 from scope_ray.learner import engine as eng
 from scope_ray.learner.metrics import RankStepStats
@@ -47,12 +47,7 @@ def check_batch(batch: TrainBatch, spec: AlgorithmSpec, kl_beta: float) -> None:
     """Everything the loss would reject, checked before any collective starts (a rank
     raising mid-step would leave the others waiting). Raises ValueError."""
     batch.validate()
-    if spec.needs_teacher:
-        distilled = (~distill_path(spec, batch.correct))[:, None] & batch.response_mask.bool()
-        if not bool(torch.isfinite(batch.teacher_logp[distilled]).all()):
-            raise ValueError(f"{spec.name}: teacher_logp is missing (NaN) on a response token of a distilled rollout")
-    elif kl_beta > 0 and batch.ref_logp is None:
-        raise ValueError(f"{spec.name}: ref_logp is required when kl_beta > 0")
+    spec.check_batch(batch.correct, batch.response_mask, batch.teacher_logp, batch.ref_logp, kl_beta)
 
 
 def free_port() -> int:
