@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -141,3 +143,32 @@ def _scored_log_ratios(groups: Sequence[RolloutGroup]) -> list[np.ndarray]:
         for r, t in zip(g.rollouts, g.teacher_logp or [])
         if t is not None
     ]
+
+
+def step_metrics(spec: AlgorithmSpec, wb: WeightedBatch, learner_metrics: dict[str, Any], clock: Any, *,
+                 learner_version: int, skipped: bool, step_s: float, train_s: float, sync_s: float,
+                 phases: dict[str, float]) -> dict[str, float]:
+    """One step's row of ``metrics.jsonl``: :func:`batch_metrics`, the learner's numbers
+    (``learner/*``), where the time went (``time/*``: the stream's clock, the learner
+    step, the weight push and each named phase) and the policy version after the step.
+    ``learner_version`` counts the step's own update unless it was ``skipped``."""
+    out = batch_metrics(spec, wb, learner_version=learner_version - (0 if skipped else 1))
+    out.update({f"learner/{k}": float(v) for k, v in learner_metrics.items() if _is_number(v)})
+    out.update({
+        "time/step_s": step_s,
+        "time/generate_s": clock.generate_done - clock.first_submit,
+        "time/generate_busy_s": clock.generate_calls,
+        "time/score_busy_s": clock.score_calls,
+        "time/score_tail_s": clock.score_tail_s,
+        "time/verify_s": clock.verify_s,
+        "time/train_s": train_s,
+        "time/sync_s": sync_s,
+        "perf/rollout_tokens_per_s": out["rollout/tokens"] / max(step_s, 1e-9),
+        "policy_version": float(learner_version),
+        **phases,
+    })
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.floating, np.integer)) or (isinstance(v, torch.Tensor) and v.numel() == 1)

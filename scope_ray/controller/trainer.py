@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import torch
 
@@ -38,7 +37,7 @@ from scope_ray.config import RunConfig
 from scope_ray.controller import checkpoint as ckpt
 from scope_ray.controller import prefetch
 from scope_ray.controller.evaluation_loop import evaluate_with_workers
-from scope_ray.controller.groups import WeightedBatch, batch_metrics, weigh_groups
+from scope_ray.controller.groups import WeightedBatch, step_metrics, weigh_groups
 from scope_ray.controller.learner_failure import handle_learner_failure
 from scope_ray.controller.phases import Phases
 from scope_ray.controller.rollout_weights import RolloutWeights
@@ -128,6 +127,133 @@ class Trainer:
         self.learner_restores = 0
         # Set by SIGTERM / SIGINT on the driver (stop_signal.py); checked after each step.
         self.stop_request = stop_request or StopRequest()
+
+    # ------------------------------------------------------------------ the run, in order
+    def run(self, progress: Any = None) -> RunSummary:
+        summary = RunSummary(self.run_dir, 0)
+        try:
+            self._run(summary, progress)
+        except BaseException:
+            self.log.close(failed=True)  # the tracker runs end as failed; metrics.jsonl is complete
+            self._executor.shutdown(wait=False)
+            raise
+        self.log.close(artifacts=self._outputs(summary))
+        self._executor.shutdown(wait=False)
+        return summary
+
+    def _outputs(self, summary: RunSummary) -> list[Path]:
+        """For trackers that keep files (wandb, MLflow): the curves PNG and summary.json
+        (the start and end evaluation, steps and time)."""
+        if not self.log.uploads_artifacts:
+            return []
+        path = self.run_dir / "summary.json"
+        path.write_text(json.dumps({"steps": summary.steps, "seconds": summary.seconds,
+                                    "start_eval": summary.start_eval, "end_eval": summary.end_eval}, indent=1))
+        self.curves = self.log.plot(self.run_dir / "curves.png", eval_k=self.cfg.trainer.eval_k)
+        return [path, self.curves]
+
+    def _run(self, summary: RunSummary, progress: Any) -> None:
+        t = self.cfg.trainer
+        started = time.perf_counter()
+        try:
+            if self.resume_from is not None:
+                self._restore(self.resume_from)
+                summary.start_eval = _first_eval(self.log.read(), t.eval_k)
+            elif t.eval_every > 0 or t.eval_at_end:
+                summary.start_eval = self.evaluate()
+                self.log.log(0, summary.start_eval)
+        except Exception as exc:
+            if not isinstance(exc, (RemoteCallError, LearnerFailure)):
+                raise
+            raise self._stopped(f"before step {self.step + 1}", exc) from exc
+        while True:
+            try:
+                self._loop(summary, progress)
+                break
+            except RemoteCallError as exc:
+                # A rollout worker or teacher call that failed for good (past its
+                # restarts, or hung past its timeout).
+                raise self._stopped(f"step {self.step + 1}", exc) from exc
+            except Exception as exc:
+                if not isinstance(exc, LearnerFailure):
+                    raise
+                self._on_learner_failure(exc)
+        self.weights.check_pending()
+        summary.steps = self.step
+        summary.seconds = time.perf_counter() - started
+
+    def _loop(self, summary: RunSummary, progress: Any) -> None:
+        """Steps from ``self.step`` to the end (re-entered after a learner restore).
+
+        ``ahead`` holds the streams of the next steps, already generating: none under
+        max_staleness 0; under k >= 1 up to k, the newest submitted right after the
+        previous step's weights were pushed, so a step trains on rollouts at most k
+        policy versions old."""
+        t = self.cfg.trainer
+        staleness = t.max_staleness if t.schedule == "stream" else 0
+        ahead: list[Any] = list(self._resumed_steps)
+        self._resumed_steps = []
+        while self.step < t.total_steps:
+            step_t0 = time.perf_counter()
+            phase = Phases(self.step + 1)
+            with phase("rollouts"):  # generate, verify, teacher-score: streamed together
+                if not ahead:
+                    ahead.append(self._start_stream())
+                stream = ahead.pop(0)
+                groups = self._collect(stream, ahead)
+            with phase("weigh"):  # routing and group-normalised weights, the learner batch
+                wb = self._weigh(groups)
+                batch = self._train_batch(wb)
+                if self.cfg.learner.old_logp == "recompute":
+                    batch.old_logp = self._recomputed_old_logp(batch, wb)
+            with phase("train"):  # the steps ahead start generating first, then one learner step
+                while len(ahead) < staleness and self.step + 1 + len(ahead) < t.total_steps:
+                    ahead.append(self._start_stream())
+                learner_metrics, train_s = self._train_in_background(batch, ahead)
+            self.step += 1
+            skipped = bool(learner_metrics.get("skipped", False))
+            self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
+            if skipped:
+                logger.warning("step %d skipped: non-finite loss or gradient (%d in a row, stop at %d)",
+                               self.step, self.nonfinite_in_a_row, t.max_nonfinite_steps)
+            else:
+                self.version += 1
+            with phase("push"):  # the new weights to the rollout workers
+                if not skipped:
+                    self.sync_weights(wait=not ahead)
+            step_s = time.perf_counter() - step_t0
+            metrics = step_metrics(self.spec, wb, learner_metrics, stream.clock, learner_version=self.version,
+                                   skipped=skipped, step_s=step_s, train_s=train_s,
+                                   sync_s=self.weights.take_seconds(), phases=phase.metrics())
+            final = self.step == t.total_steps
+            eval_now = t.eval_every > 0 and self.step % t.eval_every == 0 and not final
+            eval_end = final and (t.eval_every > 0 or t.eval_at_end)
+            if (eval_now or eval_end) and self.weights.held_back:
+                # A held-back broadcast needs every worker in it: let the step ahead finish
+                # generating first, or the send would wait behind it (up to sync_timeout_s).
+                pump_streams(ahead, stop_when=lambda: all(s.done for s in ahead))
+            if eval_now:
+                metrics.update(self.evaluate())
+            if eval_end:
+                summary.end_eval = self.evaluate()
+                metrics.update(summary.end_eval)
+            self.log.log(self.step, metrics)
+            if progress is not None:
+                progress(self.step, metrics)
+            if self.nonfinite_in_a_row >= t.max_nonfinite_steps:
+                last = ckpt.latest_valid(self.run_dir)
+                raise TrainingStopped(
+                    f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient; "
+                    f"stopping. Last checkpoint: {last.path if last else 'none'} "
+                    "(intact: skipped steps leave the weights unchanged)"
+                )
+            saved = None
+            if t.save_every > 0 and (self.step % t.save_every == 0 or self.step == t.total_steps):
+                with phase("checkpoint"):  # after the row is logged: in train.log (debug) only
+                    saved = self.save_checkpoint(prefetched=ahead)
+            if self.stop_request.signal is not None and self.step < t.total_steps:
+                self._stop_on_request(saved, prefetched=ahead)
+
 
     # ------------------------------------------------------------------ pieces
     def _next_items(self) -> list[PromptItem]:
@@ -333,144 +459,6 @@ class Trainer:
                               f"{self.cfg.trainer.total_steps}; saved checkpoint: {ref.path}; "
                               f"continue with: scope-ray train --resume {self.run_dir}")
 
-    # ------------------------------------------------------------------ loop
-    def run(self, progress: Any = None) -> RunSummary:
-        summary = RunSummary(self.run_dir, 0)
-        try:
-            self._run(summary, progress)
-        except BaseException:
-            self.log.close(failed=True)  # the tracker runs end as failed; metrics.jsonl is complete
-            self._executor.shutdown(wait=False)
-            raise
-        self.log.close(artifacts=self._outputs(summary))
-        self._executor.shutdown(wait=False)
-        return summary
-
-    def _outputs(self, summary: RunSummary) -> list[Path]:
-        """For trackers that keep files (wandb, MLflow): the curves PNG and summary.json
-        (the start and end evaluation, steps and time)."""
-        if not self.log.uploads_artifacts:
-            return []
-        path = self.run_dir / "summary.json"
-        path.write_text(json.dumps({"steps": summary.steps, "seconds": summary.seconds,
-                                    "start_eval": summary.start_eval, "end_eval": summary.end_eval}, indent=1))
-        self.curves = self.log.plot(self.run_dir / "curves.png", eval_k=self.cfg.trainer.eval_k)
-        return [path, self.curves]
-
-    def _run(self, summary: RunSummary, progress: Any) -> None:
-        t = self.cfg.trainer
-        started = time.perf_counter()
-        try:
-            if self.resume_from is not None:
-                self._restore(self.resume_from)
-                summary.start_eval = _first_eval(self.log.read(), t.eval_k)
-            elif t.eval_every > 0 or t.eval_at_end:
-                summary.start_eval = self.evaluate()
-                self.log.log(0, summary.start_eval)
-        except Exception as exc:
-            if not isinstance(exc, (RemoteCallError, LearnerFailure)):
-                raise
-            raise self._stopped(f"before step {self.step + 1}", exc) from exc
-        while True:
-            try:
-                self._loop(summary, progress)
-                break
-            except RemoteCallError as exc:
-                # A rollout worker or teacher call that failed for good (past its
-                # restarts, or hung past its timeout).
-                raise self._stopped(f"step {self.step + 1}", exc) from exc
-            except Exception as exc:
-                if not isinstance(exc, LearnerFailure):
-                    raise
-                self._on_learner_failure(exc)
-        self.weights.check_pending()
-        summary.steps = self.step
-        summary.seconds = time.perf_counter() - started
-
-    def _loop(self, summary: RunSummary, progress: Any) -> None:
-        """Steps from ``self.step`` to the end (re-entered after a learner restore).
-
-        ``ahead`` holds the streams of the next steps, already generating: none under
-        max_staleness 0; under k >= 1 up to k, the newest submitted right after the
-        previous step's weights were pushed, so a step trains on rollouts at most k
-        policy versions old."""
-        t = self.cfg.trainer
-        staleness = t.max_staleness if t.schedule == "stream" else 0
-        ahead: list[Any] = list(self._resumed_steps)
-        self._resumed_steps = []
-        while self.step < t.total_steps:
-            step_t0 = time.perf_counter()
-            phase = Phases(self.step + 1)
-            with phase("rollouts"):  # generate, verify, teacher-score: streamed together
-                if not ahead:
-                    ahead.append(self._start_stream())
-                stream = ahead.pop(0)
-                groups = self._collect(stream, ahead)
-            clock = stream.clock
-            with phase("weigh"):  # routing and group-normalised weights, the learner batch
-                wb = self._weigh(groups)
-                batch = self._train_batch(wb)
-                if self.cfg.learner.old_logp == "recompute":
-                    batch.old_logp = self._recomputed_old_logp(batch, wb)
-            with phase("train"):  # the steps ahead start generating first, then one learner step
-                while len(ahead) < staleness and self.step + 1 + len(ahead) < t.total_steps:
-                    ahead.append(self._start_stream())
-                learner_metrics, train_s = self._train_in_background(batch, ahead)
-            self.step += 1
-            skipped = bool(learner_metrics.get("skipped", False))
-            self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
-            if skipped:
-                logger.warning("step %d skipped: non-finite loss or gradient (%d in a row, stop at %d)",
-                               self.step, self.nonfinite_in_a_row, t.max_nonfinite_steps)
-            else:
-                self.version += 1
-            with phase("push"):  # the new weights to the rollout workers
-                if not skipped:
-                    self.sync_weights(wait=not ahead)
-            step_s = time.perf_counter() - step_t0
-            metrics = batch_metrics(self.spec, wb, learner_version=self.version - (0 if skipped else 1))
-            metrics.update({f"learner/{k}": float(v) for k, v in learner_metrics.items() if _is_number(v)})
-            metrics.update({
-                "time/step_s": step_s,
-                "time/generate_s": clock.generate_done - clock.first_submit,
-                "time/generate_busy_s": clock.generate_calls,
-                "time/score_busy_s": clock.score_calls,
-                "time/score_tail_s": clock.score_tail_s,
-                "time/verify_s": clock.verify_s,
-                "time/train_s": train_s,
-                "time/sync_s": self.weights.take_seconds(),
-                "perf/rollout_tokens_per_s": metrics["rollout/tokens"] / max(step_s, 1e-9),
-                "policy_version": float(self.version),
-                **phase.metrics(),
-            })
-            final = self.step == t.total_steps
-            eval_now = t.eval_every > 0 and self.step % t.eval_every == 0 and not final
-            eval_end = final and (t.eval_every > 0 or t.eval_at_end)
-            if (eval_now or eval_end) and self.weights.held_back:
-                # A held-back broadcast needs every worker in it: let the step ahead finish
-                # generating first, or the send would wait behind it (up to sync_timeout_s).
-                pump_streams(ahead, stop_when=lambda: all(s.done for s in ahead))
-            if eval_now:
-                metrics.update(self.evaluate())
-            if eval_end:
-                summary.end_eval = self.evaluate()
-                metrics.update(summary.end_eval)
-            self.log.log(self.step, metrics)
-            if progress is not None:
-                progress(self.step, metrics)
-            if self.nonfinite_in_a_row >= t.max_nonfinite_steps:
-                last = ckpt.latest_valid(self.run_dir)
-                raise TrainingStopped(
-                    f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient; "
-                    f"stopping. Last checkpoint: {last.path if last else 'none'} "
-                    "(intact: skipped steps leave the weights unchanged)"
-                )
-            saved = None
-            if t.save_every > 0 and (self.step % t.save_every == 0 or self.step == t.total_steps):
-                with phase("checkpoint"):  # after the row is logged: in train.log (debug) only
-                    saved = self.save_checkpoint(prefetched=ahead)
-            if self.stop_request.signal is not None and self.step < t.total_steps:
-                self._stop_on_request(saved, prefetched=ahead)
 
 
 def _first_eval(rows: list[dict[str, Any]], k: int) -> dict[str, float]:
@@ -478,7 +466,3 @@ def _first_eval(rows: list[dict[str, Any]], k: int) -> dict[str, float]:
         if f"eval/avg@{k}" in row:
             return {key: v for key, v in row.items() if key.startswith("eval/")}
     return {}
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.floating, np.integer)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
