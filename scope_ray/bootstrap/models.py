@@ -63,7 +63,18 @@ def init_model(spec: TinyModelSpec, seed: int):
 
 def save_model_dir(model, out_dir: str | Path) -> Path:
     """An HF directory vLLM and transformers load: safetensors weights + tokenizer."""
+    from transformers.utils import logging as hf_logging
+
     out = Path(out_dir)
-    model.save_pretrained(out, safe_serialization=True)
+    # transformers 5 draws a "Writing model shards" bar on stderr for every save: on a
+    # user's first run the bootstrap saves two models, and those bars were the only
+    # third-party lines on the terminal (log_routing keeps it to the project's own).
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out, safe_serialization=True)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     save_tokenizer(out)
     return out

@@ -163,3 +163,18 @@ def test_bootstrap_cli_prints_the_artifact_paths(tiny_bootstrap, capsys, monkeyp
                  tiny_bootstrap.train_file, tiny_bootstrap.test_file):
         assert str(path) in out
     assert "teacher_final_loss" in out
+
+
+def test_saving_a_model_draws_no_progress_bar(tmp_path, capfd):
+    """The bootstrap saves two models on a user's first run; transformers' "Writing model
+    shards" bar must not reach the terminal, and its progress bars stay as they were."""
+    from transformers.utils import logging as hf_logging
+
+    from scope_ray.bootstrap.models import TinyModelSpec, init_model, save_model_dir
+
+    before = hf_logging.is_progress_bar_enabled()
+    save_model_dir(init_model(TinyModelSpec(), seed=0), tmp_path / "m")
+    out, err = capfd.readouterr()
+    assert "Writing model shards" not in out + err
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    assert hf_logging.is_progress_bar_enabled() == before
