@@ -14,8 +14,9 @@ One set of actors serves every trial (the engines are sized for a worker's whole
 and the sampler rewound before each trial, and trials alternate A B / B A, so both
 variants generate the same prompts with the same seeds. Reported per variant (medians
 over repetitions of the steady steps' means): step time, generation wall time, rollout
-tokens per second of generation wall time, and the learner's padded fraction; and each
-variant's ratios to ``one_at_a_time``. On this 2-core machine the tokens/s ratio is what
+tokens per second of generation wall time, the learner's padded fraction, the mean
+response length and the fraction cut at the token limit; and each variant's ratios to
+``one_at_a_time``. On this 2-core machine the tokens/s ratio is what
 one engine kept full buys over one that drains between calls; GPU figures need a GPU.
 """
 
@@ -64,10 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         s = trial_summary(t, args.skip_first, args.skip_last)
         m = s["mean"]
         padded = [r.metrics.get("learner/padded_fraction", float("nan")) for r in t.steps]
+        lengths = [r.metrics.get("rollout/response_len_mean", float("nan")) for r in t.steps]
+        truncated = [r.metrics.get("rollout/truncated_fraction", float("nan")) for r in t.steps]
         rows.append({"rep": rep, "variant": name, "step_s": m["step_s"], "generate_s": m["logged_generate_s"],
                      "rollout_tokens": m["rollout_tokens"],
                      "gen_tokens_per_s": m["rollout_tokens"] / max(m["logged_generate_s"], 1e-9),
-                     "padded_fraction": median(padded), "load": t.load})
+                     "padded_fraction": median(padded), "response_len_mean": median(lengths),
+                     "truncated_fraction": median(truncated), "load": t.load})
     summary = summarize(rows)
     print_table(summary, info, machine_info())
     write_result("rollout_batching", {
@@ -84,7 +88,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for name in VARIANTS:
         mine = [r for r in rows if r["variant"] == name]
         out[name] = {k: median([r[k] for r in mine]) for k in
-                     ("step_s", "generate_s", "rollout_tokens", "gen_tokens_per_s", "padded_fraction")}
+                     ("step_s", "generate_s", "rollout_tokens", "gen_tokens_per_s", "padded_fraction",
+                      "response_len_mean", "truncated_fraction")}
     reps = sorted({r["rep"] for r in rows})
 
     def ratio(name: str, key: str) -> list[float]:  # name over the baseline, per repetition
@@ -101,11 +106,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def print_table(s: dict[str, Any], info: dict[str, Any], after: dict[str, Any]) -> None:
     print(f"\nrollout batching (medians over reps of steady-step means); {info['cpus']} CPUs, load "
           f"{info['loadavg']} -> {after['loadavg']}")
-    print(f"{'variant':<12} {'step s':>7} {'gen s':>7} {'tokens':>7} {'gen tok/s':>10} {'padded':>7}")
+    print(f"{'variant':<14} {'step s':>7} {'gen s':>7} {'tokens':>7} {'gen tok/s':>10} {'padded':>7} "
+          f"{'mean len':>8} {'at limit':>8}")
     for name in VARIANTS:
         m = s[name]
-        print(f"{name:<12} {m['step_s']:7.2f} {m['generate_s']:7.2f} {m['rollout_tokens']:7.0f} "
-              f"{m['gen_tokens_per_s']:10.0f} {m['padded_fraction']:7.1%}")
+        print(f"{name:<14} {m['step_s']:7.2f} {m['generate_s']:7.2f} {m['rollout_tokens']:7.0f} "
+              f"{m['gen_tokens_per_s']:10.0f} {m['padded_fraction']:7.1%} {m['response_len_mean']:8.1f} "
+              f"{m['truncated_fraction']:8.1%}")
     for name in VARIANTS:
         if name == BASELINE:
             continue
