@@ -56,7 +56,7 @@ def start_collect(worker: Any, requests: list[GenerationRequest], sampling: dict
 @ray.remote(concurrency_groups={"streams": MAX_OPEN_CALLS})
 class RolloutWorker:
     def __init__(self, engine: EngineOptions, sampling: SamplingConfig | dict[str, Any], worker_index: int = 0,
-                 max_calls_in_flight: int = 0) -> None:
+                 max_calls_in_flight: int = -1) -> None:
         capture_process_output()  # a local run's train.log, not the terminal (log_routing)
         self.worker_index = worker_index
         self._weight_group: str | None = None  # rollout.weight_sync: broadcast

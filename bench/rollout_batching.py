@@ -1,9 +1,9 @@
 """Rollout batching benchmark, side by side on the same prompts and seeds:
 
 * ``one_at_a_time``: a step as 4 back-to-back calls per worker, each decoded start to
-  end before the next (``rollout.max_calls_in_flight=1``: what a worker did before its
-  engine admitted calls as they arrive);
-* ``continuous``: the same 4 calls, all decoding together in one engine (the default);
+  end before the next (``rollout.max_calls_in_flight=1``, the default on a CPU);
+* ``continuous``: the same 4 calls, all decoding together in one engine
+  (``rollout.max_calls_in_flight=0``, the default on a GPU);
 * ``whole_share``: one call per worker per step (``rollout.prompts_per_request=0``).
 
     .venv/bin/python bench/rollout_batching.py                          # 6 steps x 3 reps
@@ -33,8 +33,8 @@ from _common import (Cluster, add_trial_args, attach_spans, interleave, load_lin
 logger = logging.getLogger("bench.rollout_batching")
 VARIANTS = {
     "one_at_a_time": ["rollout.prompts_per_request=4", "rollout.max_calls_in_flight=1"],
-    "continuous": ["rollout.prompts_per_request=4"],
-    "whole_share": ["rollout.prompts_per_request=0"],
+    "continuous": ["rollout.prompts_per_request=4", "rollout.max_calls_in_flight=0"],
+    "whole_share": ["rollout.prompts_per_request=0", "rollout.max_calls_in_flight=0"],
 }
 BASELINE = "one_at_a_time"
 BASE = ["algorithm.name=scope", "trainer.eval_every=0", "trainer.eval_at_end=false", "trainer.save_every=0",

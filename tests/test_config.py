@@ -58,7 +58,7 @@ def test_round_trip_through_yaml(tmp_path):
         ("rollout.top_k=20", "rollout.top_k: must be -1 (off) for training, got 20"),
         ("trainer.eval_top_p=0", "trainer.eval_top_p: must be in (0, 1]"),
         ("rollout.max_num_seqs=-1", "rollout.max_num_seqs: must be >= 0"),
-        ("rollout.max_calls_in_flight=-1", "rollout.max_calls_in_flight: must be >= 0"),
+        ("rollout.max_calls_in_flight=-2", "rollout.max_calls_in_flight: must be >= -1"),
         ("rollout.weight_sync=nccl", "rollout.weight_sync: must be one of ['safetensors', 'broadcast']"),
         ("trainer.max_staleness=5", "trainer.max_staleness: must be in [0, 4]"),
         ("trainer.max_staleness=2 learner.old_logp=recompute", "trainer.max_staleness: 2 needs learner.old_logp 'rollout'"),

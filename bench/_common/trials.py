@@ -126,8 +126,11 @@ class Cluster:
         workers = self.parts.rollout_workers[: rollout_workers or len(self.parts.rollout_workers)]
         # The engines were built from the cluster's base config; this setting of theirs is
         # the one a trial may change, on the live workers.
+        from scope_ray.engines.rollout_engine import calls_in_flight_limit
+
         k = cfg.rollout.max_calls_in_flight
-        ray.get([w.__ray_call__.remote(lambda self: setattr(self.engine, "max_calls_in_flight", k)) for w in workers])
+        ray.get([w.__ray_call__.remote(lambda self: setattr(self.engine, "max_calls_in_flight", calls_in_flight_limit(k)))
+                 for w in workers])
         parts = replace(self.parts, learner=self._learners[learner], rollout_workers=workers)
         records: list[StepRecord] = []
         before = self.teacher_stats() if self.parts.teachers else {}

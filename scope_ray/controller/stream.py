@@ -407,7 +407,12 @@ class StepStream:
                 version = self.recover_worker(p.index)
             except Exception as exc:  # noqa: BLE001 - named and re-raised
                 raise RemoteCallError(f"{p.actor_name}: {reason}, and it could not be brought back: {first_line(exc)}") from exc
-            self._submit_generate(p.index, items, reqs, attempt=p.attempt + 1, version=version)
+            if items:
+                self._submit_generate(p.index, items, reqs, attempt=p.attempt + 1, version=version)
+            elif not any(q.kind == "generate" for q in self._pending.values()):
+                # Every sample of the lost call had arrived: nothing to redo (the worker is
+                # brought back all the same, for the calls still to come).
+                self.clock.generate_done = self.clock.now()
         else:
             samples, reqs = p.payload
             t = self._next_teacher()

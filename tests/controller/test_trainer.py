@@ -240,9 +240,12 @@ def _assert_same_run(a: Path, b: Path) -> None:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-4)
 
 
+# Both with every call of a step decoding together (the GPU default), against the 1 + 1
+# run's one call at a time (the CPU default): the same rollouts either way.
 @pytest.mark.parametrize("layout", [
-    ["rollout.num_workers=2", "learner.num_workers=2", "learner.zero_stage=2"],
-    ["rollout.num_workers=2", "learner.num_workers=2", "learner.zero_stage=3", "rollout.weight_sync=broadcast"],
+    ["rollout.num_workers=2", "learner.num_workers=2", "learner.zero_stage=2", "rollout.max_calls_in_flight=0"],
+    ["rollout.num_workers=2", "learner.num_workers=2", "learner.zero_stage=3", "rollout.weight_sync=broadcast",
+     "rollout.max_calls_in_flight=0"],
 ], ids=["2+2-zero2", "2+2-zero3-broadcast"])
 def test_two_rollout_workers_and_two_ranks_train_as_one_and_one(ray_session, tiny_bootstrap, uninterrupted,
                                                                tmp_path, layout):

@@ -54,7 +54,10 @@ def worker(ray_session, tiny_model_dir):
         model_dir=str(tiny_model_dir), seed=0, max_model_len=256, dtype="float32",
         logprobs_mode="processed_logprobs",
     )
-    w = RolloutWorker.options(num_cpus=1).remote(opts, {"temperature": 1.0, "max_tokens": 16}, worker_index=0)
+    # max_calls_in_flight 0: the engine decodes every call it holds together (the GPU
+    # default; a CPU engine's default is one call at a time).
+    w = RolloutWorker.options(num_cpus=1).remote(opts, {"temperature": 1.0, "max_tokens": 16}, worker_index=0,
+                                                 max_calls_in_flight=0)
     assert ray.get(w.ready.remote(), timeout=120)
     yield w
     ray.kill(w)
@@ -200,6 +203,15 @@ def test_calls_in_flight_decode_together_with_their_seeded_samples(worker) -> No
         ray.get(worker.__ray_call__.remote(lambda self: setattr(self.engine, "max_calls_in_flight", 0)))
     assert [[[r.response_ids for r in g] for g in c] for c in serial] == \
         [[[r.response_ids for r in g] for g in c] for c in alone]
+
+
+def test_a_call_with_no_prompts_ends_at_once(worker) -> None:
+    """The stream never sends one, but an empty call must end, not hang or fail, and the
+    engine must serve the next call."""
+    assert ray.get(start_collect(worker, []), timeout=30) == []
+    assert [ref for ref in start_stream(worker, [])] == []
+    reqs = [GenerationRequest(uid="0", prompt_ids=PROMPTS[0], n=2, seed=5)]
+    assert [len(g) for g in ray.get(start_collect(worker, reqs), timeout=60)] == [2]
 
 
 def test_an_update_waits_for_the_calls_before_it_and_the_calls_after_see_it(worker) -> None:

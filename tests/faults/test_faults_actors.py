@@ -59,7 +59,10 @@ def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_boot
 
     monkeypatch.setattr(StepStream, "_on_generated", kill_in_step_two)
     with caplog.at_level(logging.WARNING, logger="scope_ray.controller"):
-        cfg = fault_cfg(tiny_bootstrap, tmp_path, extra=[f"rollout.weight_sync={weight_sync}"])
+        # The broadcast run also decodes every call of a step together (the GPU default):
+        # the calls lost with the worker are then all of the step's, not one.
+        together = ["rollout.max_calls_in_flight=0"] if weight_sync == "broadcast" else []
+        cfg = fault_cfg(tiny_bootstrap, tmp_path, extra=[f"rollout.weight_sync={weight_sync}", *together])
         trainer, summary = run_trainer(cfg, tmp_path, kill_between_steps)
     warnings = [r.getMessage() for r in caplog.records]
     # Both ways of noticing: calls lost with the actor (step 2), and rollouts that come
