@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from _common.inputs import Inputs, prepare_inputs  # noqa: F401
-from _common.results import DEFAULT_WORK_DIR, RESULTS_DIR, machine_info, median  # noqa: F401
-from _common.spans import Interval, clip, init_ray, measure, settle_timeline, spans_of, subtract, timeline_spans  # noqa: F401
+from _common.inputs import Inputs
+from _common.results import DEFAULT_WORK_DIR
+from _common.spans import Interval, clip, init_ray, measure, settle_timeline, spans_of, subtract, timeline_spans
 
 logger = logging.getLogger("bench")
 
