@@ -70,8 +70,7 @@ class RolloutConfig:
     # Sequences an engine decodes together; 0 = a worker's training call (its share of a
     # step x G), at least 8 evaluation prompts x eval_k. On CPU it also sizes the KV cache.
     max_num_seqs: int = 0
-    # Prompts per generate call; 0: each worker's whole share of a step in one call. A
-    # worker's engine decodes every call it holds together (RolloutEngine), so this sets
+    # Prompts per generate call; 0: each worker's whole share of a step in one call. Also
     # the unit a fault re-issues and, without stream_rollouts, the unit results return in.
     prompts_per_request: int = 4
     # Calls a worker's engine decodes at once: 0 = all it holds (the calls of a step and,

@@ -92,8 +92,8 @@ def _quiet_env() -> dict[str, Any]:
 
 def rollout_max_num_seqs(cfg: RunConfig) -> int:
     """``rollout.max_num_seqs``, or (0) a worker's whole share of a step (its prompts x G:
-    its calls all decode together, RolloutEngine), and at least 8 evaluation prompts x
-    eval_k. More in flight (the next steps' calls under max_staleness, a larger
+    what its engine holds when its calls decode together), and at least 8 evaluation
+    prompts x eval_k. More in flight (the next steps' calls under max_staleness, a larger
     evaluation) wait in vLLM's queue and join as sequences end."""
     r, t = cfg.rollout, cfg.trainer
     if r.max_num_seqs > 0:

@@ -1,8 +1,8 @@
 """Stream one step's prompts through generation, verification and teacher scoring.
 
-Prompts go to the rollout workers in calls of ``prompts_per_request``. A worker decodes
-every call it holds together (``RolloutWorker.submit``: its engine admits a call the moment
-it arrives), so the chunking sets only how a fault is re-issued and how results return.
+Prompts go to the rollout workers in calls of ``prompts_per_request``. A worker's engine
+admits a call the moment it arrives and decodes the calls it holds together (on a GPU by
+default), or one at a time (a CPU's default; ``rollout.max_calls_in_flight``).
 With ``stream_rollouts`` (the default) a worker yields every sample the moment it is
 finished (``RolloutWorker.stream``, a Ray streaming generator); otherwise a whole call
 comes back at once (``RolloutWorker.collect``). Each sample that arrives is verified, and if it needs a teacher signal
