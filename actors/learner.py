@@ -100,6 +100,9 @@ class LearnerWorker:
     def save_hf(self, out_dir: str) -> str | None:
         return self.core.save_hf(out_dir)
 
+    def parameter_counts(self) -> dict[str, int]:
+        return self.core.parameter_counts()
+
     def save_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> None:
         self.core.save_checkpoint(ckpt_dir, tag)
 
@@ -265,6 +268,10 @@ class LearnerGroup:
 
     def save_hf(self, out_dir: str, *, timeout_s: float | None = None) -> str:
         return self._get_all([w.save_hf.remote(str(out_dir)) for w in self.workers], "save_hf", timeout_s)[0]
+
+    def parameter_counts(self, *, timeout_s: float | None = None) -> list[dict[str, int]]:
+        """Per rank: trained and total parameters, optimizer state bytes (LearnerCore)."""
+        return self._get_all([w.parameter_counts.remote() for w in self.workers], "parameter_counts", timeout_s)
 
     def save_checkpoint(self, ckpt_dir: str, tag: str | None = None, *, timeout_s: float | None = None) -> None:
         self._get_all([w.save_checkpoint.remote(str(ckpt_dir), tag) for w in self.workers], "save_checkpoint",

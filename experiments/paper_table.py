@@ -3,6 +3,7 @@
     .venv/bin/python experiments/paper_table.py                          # main table, seeds 0,1,2
     .venv/bin/python experiments/paper_table.py --sweep                  # scope: tau x normalize
     .venv/bin/python experiments/paper_table.py --staleness              # scope: max_staleness 0/1/2/4
+    .venv/bin/python experiments/paper_table.py --lora                   # scope: LoRA vs full fine-tuning
     .venv/bin/python experiments/paper_table.py --steps 30 --prompts-per-step 16 --eval-every 10 \\
         --set learner.lr=1e-4 --arms scope,opd,grpo --seeds 0,1
 
@@ -89,6 +90,15 @@ SWEEP_ARMS: tuple[Arm, ...] = tuple(
 STALENESS_ARMS: tuple[Arm, ...] = tuple(
     Arm(f"scope-s{k}", ("algorithm.name=scope", f"trainer.max_staleness={k}"), f"max_staleness {k}")
     for k in (0, 1, 2, 4)
+)
+
+
+# LoRA students (learner.lora) against full fine-tuning, each over a few learning rates:
+# LoRA's best lr is usually ~10x full fine-tuning's.
+LORA_ARMS: tuple[Arm, ...] = (
+    *(Arm(f"full-lr{lr}", ("algorithm.name=scope", f"learner.lr={lr}"), "full fine-tuning") for lr in ("5e-5", "1e-4")),
+    *(Arm(f"lora-r8-lr{lr}", ("algorithm.name=scope", "learner.lora.rank=8", "learner.lora.alpha=16", f"learner.lr={lr}"),
+          "LoRA rank 8, alpha 16, all linear layers") for lr in ("5e-4", "1e-3", "2e-3")),
 )
 
 
@@ -440,6 +450,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     table_kind.add_argument("--sweep", action="store_true", help="the tau x normalize table of scope instead of the main one")
     table_kind.add_argument("--staleness", action="store_true",
                             help="scope at trainer.max_staleness 0, 1, 2 and 4 instead of the main table")
+    table_kind.add_argument("--lora", action="store_true",
+                            help="scope with LoRA students (rank 8) and full fine-tuning over learning rates")
     ap.add_argument("--arms", help="comma list of arms to run (default: every arm of the table)")
     ap.add_argument("--seeds", default="0,1,2", help="comma list of trainer.seed values (default 0,1,2)")
     ap.add_argument("--steps", type=int, help="trainer.total_steps (default: the recipe's)")
@@ -461,12 +473,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    table = SWEEP_ARMS if args.sweep else STALENESS_ARMS if args.staleness else MAIN_ARMS
+    table = SWEEP_ARMS if args.sweep else STALENESS_ARMS if args.staleness else LORA_ARMS if args.lora else MAIN_ARMS
     arms = select_arms(table, args.arms)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     budget = Budget(args.steps if args.steps is not None else default_steps(args.config), args.prompts_per_step,
                     args.eval_every, tuple(args.extra))
-    name = "paper_table_sweep" if args.sweep else "paper_table_staleness" if args.staleness else "paper_table"
+    name = ("paper_table_sweep" if args.sweep else "paper_table_staleness" if args.staleness
+            else "paper_table_lora" if args.lora else "paper_table")
     print(f"{name}: {len(arms)} arms x seeds {seeds}, {budget.steps} steps each, overrides {budget.overrides()}, "
           f"runs in {args.out}", flush=True)
     if any(a.name == "opd-g1" for a in arms):
@@ -476,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results, failures = run_all(arms, seeds, budget, args.out, args.scope_ray, args.config)
     summaries = summarize(results, arms)
-    ordering = None if args.sweep or args.staleness else check_ordering(summaries)
+    ordering = None if args.sweep or args.staleness or args.lora else check_ordering(summaries)
     md = (f"{len(seeds)} seed(s) {seeds}, `--config {args.config.name}`, overrides for every arm: "
           f"`{' '.join(budget.overrides())}`\n\n" + render_markdown(summaries, ordering))
     args.results.mkdir(parents=True, exist_ok=True)

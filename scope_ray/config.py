@@ -124,6 +124,17 @@ ZERO1_BF16_FP32 = ("float32 with learner.zero_stage 1 and model.dtype bfloat16 r
 
 
 @dataclass
+class LoraConfig:
+    """learner.lora: train LoRA adapters instead of every weight (scope_ray/learner/lora.py).
+    LoRA wants a larger learning rate than full fine-tuning (README: LoRA students)."""
+
+    rank: int = 0  # 0 = off (full fine-tuning)
+    alpha: float = 32.0  # updates are scaled by alpha / rank
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # all-linear: every linear but the head
+
+
+@dataclass
 class LearnerConfig:
     num_workers: int = 1
     zero_stage: int = 2
@@ -148,6 +159,7 @@ class LearnerConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # e.g. {"learner_node": 1}
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -251,6 +263,7 @@ def _require(cond: bool, key: str, msg: str) -> None:
 
 def _validate(cfg: RunConfig, check_paths: bool) -> None:
     from scope_ray.algo import ALGORITHMS, get_algorithm
+    from scope_ray.learner.lora import LoraOptions
 
     m, r, t, lr, a, tr = cfg.model, cfg.rollout, cfg.teacher, cfg.learner, cfg.algorithm, cfg.trainer
     # An algorithm without a teacher (GRPO: its KL reference is the initial student).
@@ -309,6 +322,9 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(lr.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
     _require(len(lr.betas) == 2 and all(0 <= b < 1 for b in lr.betas), "learner.betas", "must be two numbers in [0, 1)")
     _require(lr.grad_clip >= 0, "learner.grad_clip", "must be >= 0 (0 = off)")
+    lora_problem = LoraOptions(lr.lora.rank, lr.lora.alpha, lr.lora.dropout, tuple(lr.lora.target_modules)).problem()
+    _require(lora_problem is None, f"learner.lora.{(lora_problem or '').split(':')[0]}",
+             (lora_problem or "").partition(": ")[2])
     _require(lr.grad_accum_dtype == "float32" or m.dtype == "bfloat16", "learner.grad_accum_dtype",
              f"bfloat16 needs model.dtype bfloat16 (a {m.dtype} model sums its gradients in its own dtype)")
     _require(not (m.dtype == "bfloat16" and lr.zero_stage == 1 and lr.grad_accum_dtype == "float32"),

@@ -66,6 +66,11 @@ def test_round_trip_through_yaml(tmp_path):
          "trainer.max_staleness: 3 needs rollout.weight_sync 'safetensors'"),
         ("learner.grad_accum_dtype=float16", "learner.grad_accum_dtype: must be one of ['float32', 'bfloat16']"),
         ("learner.grad_accum_dtype=bfloat16", "learner.grad_accum_dtype: bfloat16 needs model.dtype bfloat16"),
+        ("learner.lora.rank=-1", "learner.lora.rank: must be >= 0 (0 = off), got -1"),
+        ("learner.lora.rank=8 learner.lora.dropout=1", "learner.lora.dropout: must be in [0, 1), got 1.0"),
+        ("learner.lora.rank=8 learner.lora.alpha=0", "learner.lora.alpha: must be > 0"),
+        ("learner.lora.rank=8 learner.lora.target_modules=[]", "learner.lora.target_modules: must name at least one"),
+        ("learner.lora.rnk=8", "learner.lora.rnk: unknown key (did you mean 'learner.lora.rank'?)"),
         ("model.dtype=bfloat16 learner.zero_stage=1",
          "learner.grad_accum_dtype: float32 with learner.zero_stage 1 and model.dtype bfloat16 runs DeepSpeed's BF16_Optimizer"),
     ],
@@ -119,3 +124,13 @@ def test_engines_hold_a_workers_whole_share_of_a_step():
     assert rollout_max_num_seqs(default) == 16 * 8  # 4 calls of 4 prompts, decoding together
     two = load_config(None, ["rollout.num_workers=2", "trainer.prompts_per_step=8"])
     assert rollout_max_num_seqs(two) == max(4 * 8, 8 * two.trainer.eval_k)
+
+
+def test_lora_without_peft_is_refused_naming_the_extra(monkeypatch):
+    """learner.lora needs peft, an optional extra: refused before Ray starts, not in a rank."""
+    from scope_ray.learner import lora
+
+    monkeypatch.setattr(lora, "missing_peft", lambda: True)
+    with pytest.raises(ConfigError, match=r"^learner\.lora\.rank: LoRA needs peft.*pip install 'scope-ray\[lora\]'$"):
+        load_config(None, ["learner.lora.rank=8"])
+    load_config(None, ["learner.lora.rank=0"])  # off: peft is not needed

@@ -32,6 +32,7 @@ import torch
 from scope_ray.algo import AlgorithmSpec, LossInputs, compute_loss, get_algorithm, loss_denominator
 from scope_ray.learner.batch import TrainBatch, micro_batch_indices
 from scope_ray.learner import engine as eng
+from scope_ray.learner import lora
 from scope_ray.learner.metrics import RankStepStats
 from scope_ray.learner.options import LearnerOptions
 from scope_ray.learner.safe_load import weights_only_loads
@@ -79,8 +80,17 @@ class LearnerCore:
         ds_config = eng.deepspeed_config(self.options)
         model = eng.load_model(self.model_dir, self.options)
         self.engine = eng.build_engine(model, self.options, ds_config)
-        logger.info("rank %d: DeepSpeed ZeRO-%d engine ready in %.1f s", self.rank, self.options.zero_stage,
-                    time.perf_counter() - t0)
+        counts = lora.parameter_counts(model)
+        logger.info("rank %d: DeepSpeed ZeRO-%d engine ready in %.1f s (%d of %d parameters trained%s)", self.rank,
+                    self.options.zero_stage, time.perf_counter() - t0, counts["trainable"], counts["total"],
+                    f", LoRA rank {self.options.lora.rank}" if self.options.lora.enabled else "")
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trained and total parameters, and the bytes of optimizer state this rank holds
+        (after the first step; Adam: two fp32 moments per trained parameter, partitioned
+        over the ranks under ZeRO)."""
+        self._require_engine()
+        return {**lora.parameter_counts(self.engine.module), "optimizer_state_bytes": _optimizer_state_bytes(self.engine)}
 
     @property
     def device(self) -> torch.device:
@@ -274,10 +284,17 @@ class LearnerCore:
         return {"bytes": sent, "tensors": len(specs), "seconds": time.perf_counter() - t0}
 
     def save_hf(self, out_dir: str) -> str | None:
+        """The (merged) model as an HF dir on rank 0; a LoRA student's adapter beside it
+        in ``<out_dir>/adapter`` (collective under ZeRO-3: every rank calls it)."""
         state = self.export_weights()
+        module = self.engine.module
+        adapter = lora.adapter_state(module, self.options.zero_stage == 3, keep=self.rank == 0) \
+            if self.options.lora.enabled else None
         if state is None:
             return None
-        path = save_hf_dir(self.engine.module, state, out_dir, self.model_dir)
+        path = save_hf_dir(module, state, out_dir, self.model_dir)
+        if adapter is not None:
+            lora.save_adapter(module, adapter, path / "adapter", self.model_dir)
         logger.info("saved HF model to %s", path)
         return str(path)
 
@@ -285,16 +302,27 @@ class LearnerCore:
         """Model + optimizer state, every rank writes its partition (shared filesystem)."""
         self._require_engine()
         Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
-        self.engine.save_checkpoint(ckpt_dir, tag=tag)
+        # A LoRA student's base weights are frozen and reloaded from model_dir at start:
+        # the checkpoint holds the adapters and their optimizer state only.
+        self.engine.save_checkpoint(ckpt_dir, tag=tag, exclude_frozen_parameters=self.options.lora.enabled)
 
     def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> None:
         self._require_engine()
         # DeepSpeed itself would unpickle with weights_only=False (see safe_load).
         with weights_only_loads(self.engine):
             path, _ = self.engine.load_checkpoint(ckpt_dir, tag=tag, load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True)
+                                                  load_lr_scheduler_states=True,
+                                                  load_module_strict=not self.options.lora.enabled)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {ckpt_dir} (tag {tag!r})")
+
+
+def _optimizer_state_bytes(engine) -> int:
+    """Bytes of the tensors in the torch optimizer's state (DeepSpeed's ZeRO optimizers
+    wrap it as ``.optimizer``)."""
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    return sum(t.numel() * t.element_size() for state in inner.state.values() for t in state.values()
+               if isinstance(t, torch.Tensor))
 
 
 def _as_float(value: object) -> float:

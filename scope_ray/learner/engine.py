@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from scope_ray.learner import lora
 from scope_ray.learner.options import LearnerOptions
 
 logger = logging.getLogger(__name__)
@@ -167,20 +168,26 @@ def load_model(model_dir: str, options: LearnerOptions) -> torch.nn.Module:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.config.use_cache = False
     if options.gradient_checkpointing:
-        # Non-reentrant: works with inputs that need no grad and with ZeRO-3 hooks.
+        # Non-reentrant: works with inputs that need no grad (a LoRA student's frozen
+        # embeddings too) and with ZeRO-3 hooks.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if options.lora.enabled:
+        model = lora.wrap(model, options.lora)  # after the seed: every rank draws the same A
     return model
 
 
 def build_engine(model: torch.nn.Module, options: LearnerOptions, ds_config: dict[str, Any]):
     import deepspeed
 
-    # Weight decay on every parameter, as verl (and so the authors' code) does.
+    # Weight decay on every trained parameter, as verl (and so the authors' code) does.
+    # Only those reach the optimizer: a LoRA student's state is its adapters' size.
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=options.lr, betas=tuple(options.betas), eps=options.eps,
+        lora.trainable_parameters(model), lr=options.lr, betas=tuple(options.betas), eps=options.eps,
         weight_decay=options.weight_decay,
     )
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    if options.lora.enabled:
+        lora.checkpoint_adapters_only(engine)
     return engine
 
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from scope_ray.learner import lora
+
 # 2^26 logits = 256 MiB in fp32 per chunk (441 positions at the Qwen vocabulary).
 LOGIT_CHUNK_ELEMENTS = 1 << 26
 
@@ -58,7 +60,9 @@ def _head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
 
 def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+    # A DeepSpeed engine wraps the HF model, and a peft model (learner.lora) wraps it
+    # too; the body and head below are the HF model's, adapters inside.
+    return lora.base_model(getattr(model, "module", model))
 
 
 def _partitioned(param: torch.Tensor) -> bool:
@@ -79,7 +83,9 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     _check_temperature(temperature)
     hf = _hf_model(model)
     head = hf.get_output_embeddings()
-    if head is None or hf.base_model is hf or _partitioned(head.weight):
+    # The whole model where the head cannot be applied on its own: none, partitioned, or
+    # an adapted layer (learner.lora.target_modules naming it: its .weight is the base's).
+    if head is None or hf.base_model is hf or hasattr(head, "base_layer") or _partitioned(head.weight):
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         logp = gather_token_logprobs(out.logits, input_ids, temperature)
         return torch.where(attention_mask.bool(), logp, torch.zeros((), dtype=logp.dtype, device=logp.device))

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from scope_ray.algo import AGGREGATIONS, get_algorithm
 from scope_ray.config import ZERO1_BF16_FP32
+from scope_ray.learner.lora import LoraOptions
 
 LearnerDtype = Literal["float32", "bfloat16"]
 
@@ -41,6 +42,8 @@ class LearnerOptions:
     # one policy version ago can be recomputed (learner.old_logp=recompute with
     # trainer.max_staleness=1). Costs one full model copy per rank in the learner dtype.
     keep_previous_policy: bool = False
+    # LoRA adapters instead of full fine-tuning (rank 0 = off; scope_ray/learner/lora.py).
+    lora: LoraOptions = LoraOptions()
     # Ray resources per worker; num_gpus > 0 means CUDA + NCCL, else CPU + gloo.
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -74,6 +77,8 @@ class LearnerOptions:
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
             (self.num_cpus >= 0 and self.num_gpus >= 0, "num_cpus and num_gpus must be >= 0"),
         ]
+        lora_problem = self.lora.problem()
+        checks.append((lora_problem is None, f"lora.{lora_problem}"))
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"LearnerOptions: {message}")
@@ -93,6 +98,8 @@ class LearnerOptions:
             algorithm=algo.name, aggregation=algo.aggregation, clip_eps=algo.clip_eps, kl_beta=algo.kl_beta,
             seed=cfg.trainer.seed, num_cpus=lr.num_cpus, num_gpus=lr.num_gpus,
             temperature=cfg.rollout.temperature,
+            lora=LoraOptions(rank=lr.lora.rank, alpha=lr.lora.alpha, dropout=lr.lora.dropout,
+                             target_modules=tuple(lr.lora.target_modules)),
             keep_previous_policy=(lr.old_logp == "recompute" and cfg.trainer.max_staleness >= 1
                                   and cfg.trainer.schedule == "stream"),
         )

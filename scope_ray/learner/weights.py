@@ -6,6 +6,9 @@ with tied embeddings only ``model.embed_tokens.weight`` is exported (no ``lm_hea
 exactly like the checkpoint vLLM loaded at start-up; vLLM skips ``lm_head`` for tied
 models anyway.
 
+A LoRA student (``learner.lora``) leaves through the same functions as its merged
+model under the base model's names (scope_ray/learner/lora.py).
+
 Under ZeRO-3 every rank must call these functions (the gathers are collectives); only
 rank 0 keeps the data.
 """
@@ -18,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from scope_ray.learner import lora
 
 # Files of an HF model dir that are weights or written by save_pretrained itself; all
 # other files (tokenizer, chat template, ...) are copied from the source model dir.
@@ -59,34 +64,37 @@ def iter_state(module: torch.nn.Module, zero3: bool) -> Iterator[tuple[str, torc
     module's device; each parameter is gathered only while the caller holds it (ZeRO-3).
     Every rank must run it to the end under ZeRO-3; the tensors are only valid until the
     next item."""
-    for name, param in module.named_parameters():
-        with _gathered(param, zero3):
-            yield name, param.detach()
-    yield from ((name, buf.detach()) for name, buf in persistent_buffers(module))
+    if lora.is_lora(module):
+        yield from lora.merged_parameters(module, zero3)
+    else:
+        for name, param in module.named_parameters():
+            with _gathered(param, zero3):
+                yield name, param.detach()
+    yield from ((name, buf.detach()) for name, buf in persistent_buffers(lora.base_model(module)))
 
 
 def state_shapes(module: torch.nn.Module) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
     """What :func:`iter_state` yields, without gathering: (name, dtype, full shape)."""
-    out = [(name, p.dtype, tuple(getattr(p, "ds_shape", p.shape))) for name, p in module.named_parameters()]
-    return out + [(name, b.dtype, tuple(b.shape)) for name, b in persistent_buffers(module)]
+    if lora.is_lora(module):
+        out = lora.merged_shapes(module)
+    else:
+        out = [(name, p.dtype, tuple(getattr(p, "ds_shape", p.shape))) for name, p in module.named_parameters()]
+    return out + [(name, b.dtype, tuple(b.shape)) for name, b in persistent_buffers(lora.base_model(module))]
 
 
 @torch.no_grad()
 def copy_weights_into(module: torch.nn.Module, target: torch.nn.Module, zero3: bool) -> None:
-    """Every parameter and persistent buffer of ``module`` into the same-named one of
-    ``target`` (same architecture), in place, on the target's device: no CPU copy of
-    the model. Under ZeRO-3 every rank must call it (one parameter gathered at a time)."""
-    dst = dict(target.named_parameters())
-    src_names = [name for name, _ in module.named_parameters()]
-    if set(src_names) != set(dst):
+    """Every parameter and persistent buffer of ``module`` (merged, for a LoRA student)
+    into the same-named one of ``target`` (the same architecture, plain), in place, on
+    the target's device: no CPU copy of the model. Under ZeRO-3 every rank must call it
+    (one parameter gathered at a time)."""
+    dst = {**dict(target.named_parameters()), **dict(persistent_buffers(target))}
+    src_names = {name for name, _, _ in state_shapes(module)}
+    if src_names != set(dst):
         raise RuntimeError(f"copy_weights_into: parameter names differ: only in the source "
-                           f"{sorted(set(src_names) - set(dst))}, only in the target {sorted(set(dst) - set(src_names))}")
-    for name, param in module.named_parameters():
-        with _gathered(param, zero3):
-            dst[name].copy_(param.detach())
-    buffers = dict(persistent_buffers(target))
-    for name, buf in persistent_buffers(module):
-        buffers[name].copy_(buf.detach())
+                           f"{sorted(src_names - set(dst))}, only in the target {sorted(set(dst) - src_names)}")
+    for name, tensor in iter_state(module, zero3):
+        dst[name].copy_(tensor)
 
 
 def copy_tokenizer_files(source_dir: str | Path, out_dir: str | Path) -> list[str]:
@@ -107,6 +115,8 @@ def save_hf_dir(
     """An HF dir (safetensors + config + tokenizer) that transformers and vLLM load."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    module.save_pretrained(out, state_dict=state, safe_serialization=True)
+    # A peft model's own save_pretrained writes the adapter only: the base model writes
+    # the (merged) state under its config.
+    lora.base_model(module).save_pretrained(out, state_dict=state, safe_serialization=True)
     copy_tokenizer_files(source_dir, out)
     return out
