@@ -170,6 +170,12 @@ class AlgorithmConfig:
     aggregation: Literal["sum", "token-mean"] = "sum"
     clip_eps: float = 0.2  # grpo
     kl_beta: float = 1e-4  # grpo
+    # The distillation path's signal: "sampled" = the teacher's log-prob of each sampled
+    # token (the paper's reverse-KL estimate); "topk" = the forward KL over the teacher's
+    # top-k tokens at each position (scope_ray/algo/losses.py: topk_forward_kl). Routing
+    # and SCOPE's weights are the same either way.
+    distill: Literal["sampled", "topk"] = "sampled"
+    topk: int = 20
 
 
 @dataclass
@@ -341,6 +347,12 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(a.tau > 0, "algorithm.tau", "must be > 0")
     _require(a.clip_eps > 0, "algorithm.clip_eps", "must be > 0")
     _require(a.kl_beta >= 0, "algorithm.kl_beta", "must be >= 0")
+    _require(a.topk >= 1, "algorithm.topk", f"must be >= 1, got {a.topk}")
+    _require(a.distill == "sampled" or ALGORITHMS[a.name].scorer(a.kl_beta) == "teacher", "algorithm.distill",
+             f"topk needs an algorithm with a teacher (the scope family or opd), got {a.name}")
+    vocab = _vocab_size(m.teacher) if check_paths and a.distill == "topk" and m.teacher else None
+    _require(vocab is None or a.topk <= vocab, "algorithm.topk",
+             f"must be at most the teacher's vocabulary ({vocab}), got {a.topk}")
     _require(tr.prompts_per_step >= 1, "trainer.prompts_per_step", "must be >= 1")
     _require(tr.total_steps >= 1, "trainer.total_steps", "must be >= 1")
     _require(0 <= tr.max_staleness <= MAX_STALENESS, "trainer.max_staleness", f"must be in [0, {MAX_STALENESS}]")
@@ -359,6 +371,19 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(tr.max_nonfinite_steps >= 1, "trainer.max_nonfinite_steps", "must be >= 1")
     _check_loggers(tr.loggers)
     _require(tr.actor_max_restarts >= 0, "trainer.actor_max_restarts", "must be >= 0")
+
+
+def _vocab_size(model_dir: str) -> int | None:
+    """The vocabulary in a local HF model dir's config.json (None: a hub id, or unread)."""
+    import json
+
+    path = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    vocab = cfg.get("vocab_size", (cfg.get("text_config") or {}).get("vocab_size"))
+    return int(vocab) if isinstance(vocab, int) else None
 
 
 def _has_weights(model_dir: Path) -> bool:

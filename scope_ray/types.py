@@ -49,6 +49,8 @@ class RolloutGroup:
     reasons: list[str] = field(default_factory=list)
     # Teacher log-probs of each response token; None where the teacher did not score it.
     teacher_logp: list[np.ndarray | None] = field(default_factory=list)
+    # algorithm.distill=topk: the teacher's top-k tokens at each response position.
+    teacher_topk: list[TeacherTopK | None] = field(default_factory=list)
 
 
 @dataclass
@@ -57,7 +59,31 @@ class ScoreRequest:
 
     prompt_ids: list[int]
     response_ids: list[int]
+    # > 0: also the teacher's k most likely tokens at each response position (top-k
+    # distillation); the answer is then a TeacherScore instead of the log-prob array.
+    topk: int = 0
 
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.response_ids)
+
+
+@dataclass
+class TeacherTopK:
+    """The teacher's k most likely tokens at each response position, most likely first,
+    and their log-probs (the teacher's full softmax, at its scoring temperature)."""
+
+    ids: np.ndarray  # int32 [L, k]
+    logp: np.ndarray  # float32 [L, k]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.ids.nbytes + self.logp.nbytes)
+
+
+@dataclass
+class TeacherScore:
+    """What scoring a ScoreRequest with ``topk > 0`` returns."""
+
+    logp: np.ndarray  # float32 [L], the sampled tokens' log-probs (SCOPE's weights use them)
+    topk: TeacherTopK

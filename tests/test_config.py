@@ -66,6 +66,10 @@ def test_round_trip_through_yaml(tmp_path):
          "trainer.max_staleness: 3 needs rollout.weight_sync 'safetensors'"),
         ("learner.grad_accum_dtype=float16", "learner.grad_accum_dtype: must be one of ['float32', 'bfloat16']"),
         ("learner.grad_accum_dtype=bfloat16", "learner.grad_accum_dtype: bfloat16 needs model.dtype bfloat16"),
+        ("algorithm.distill=full", "algorithm.distill: must be one of ['sampled', 'topk']"),
+        ("algorithm.topk=0", "algorithm.topk: must be >= 1, got 0"),
+        ("algorithm.name=grpo algorithm.distill=topk",
+         "algorithm.distill: topk needs an algorithm with a teacher (the scope family or opd), got grpo"),
         ("learner.lora.rank=-1", "learner.lora.rank: must be >= 0 (0 = off), got -1"),
         ("learner.lora.rank=8 learner.lora.dropout=1", "learner.lora.dropout: must be in [0, 1), got 1.0"),
         ("learner.lora.rank=8 learner.lora.alpha=0", "learner.lora.alpha: must be > 0"),
@@ -134,3 +138,13 @@ def test_lora_without_peft_is_refused_naming_the_extra(monkeypatch):
     with pytest.raises(ConfigError, match=r"^learner\.lora\.rank: LoRA needs peft.*pip install 'scope-ray\[lora\]'$"):
         load_config(None, ["learner.lora.rank=8"])
     load_config(None, ["learner.lora.rank=0"])  # off: peft is not needed
+
+
+def test_topk_larger_than_the_teachers_vocabulary_is_refused(tmp_path, tiny_model_dir):
+    data = tmp_path / "train.jsonl"
+    data.write_text("")
+    over = ["algorithm.distill=topk", f"model.student={tiny_model_dir}", f"model.teacher={tiny_model_dir}",
+            f"data.train_files=[{data}]"]
+    with pytest.raises(ConfigError, match=r"^algorithm\.topk: must be at most the teacher's vocabulary \(\d+\), got 100000$"):
+        load_config(None, [*over, "algorithm.topk=100000"])
+    load_config(None, [*over, "algorithm.topk=20"])

@@ -65,13 +65,19 @@ class AlgorithmSpec:
         return needs_teacher_score(self, correct)
 
     def check_batch(self, correct: torch.Tensor, response_mask: torch.Tensor, teacher_logp: torch.Tensor,
-                    ref_logp: torch.Tensor | None, kl_beta: float) -> None:
+                    ref_logp: torch.Tensor | None, kl_beta: float,
+                    teacher_topk_logp: torch.Tensor | None = None) -> None:
         """What the loss would reject, checked before a learner step starts (a rank
         raising mid-step would leave the others waiting). Raises ValueError."""
         if self.needs_teacher:
             distilled = (~distill_path(self, correct))[:, None] & response_mask.bool()
             if not bool(torch.isfinite(teacher_logp[distilled]).all()):
                 raise ValueError(f"{self.name}: teacher_logp is missing (NaN) on a response token of a distilled rollout")
+            if teacher_topk_logp is not None and not bool(torch.isfinite(teacher_topk_logp[distilled]).all()):
+                raise ValueError(f"{self.name}: teacher top-k log-probs are missing on a response token of a "
+                                 "distilled rollout")
+        elif teacher_topk_logp is not None:
+            raise ValueError(f"{self.name} has no distillation path for top-k teacher log-probs")
         elif kl_beta > 0 and ref_logp is None:
             raise ValueError(f"{self.name}: ref_logp is required when kl_beta > 0")
 
@@ -183,6 +189,10 @@ class LossInputs:
     teacher_logp: torch.Tensor | None = None  # [N, T], NaN where not scored
     ref_logp: torch.Tensor | None = None  # [N, T], grpo only
     advantages: torch.Tensor | None = None  # [N], grpo only (group stats need the whole group)
+    # algorithm.distill=topk: the teacher's k most likely tokens and their log-probs at
+    # every response position [N, T, k] (distilled rollouts; anything elsewhere).
+    teacher_topk_ids: torch.Tensor | None = None
+    teacher_topk_logp: torch.Tensor | None = None
 
 
 def compute_loss(
@@ -194,8 +204,16 @@ def compute_loss(
     denominator: float | None = None,
     clip_eps: float = 0.2,
     kl_beta: float = 1e-4,
+    topk_logp: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The algorithm's loss of ``logp`` (the trained policy's log-probs of the sampled
+    tokens); ``topk_logp``: its log-probs at ``inputs.teacher_topk_ids`` (top-k
+    distillation, from the same forward pass)."""
+    if (topk_logp is None) != (inputs.teacher_topk_logp is None):
+        raise ValueError("top-k distillation needs both the teacher's top-k log-probs and the policy's at those ids")
     if spec.loss == "grpo":
+        if topk_logp is not None:
+            raise ValueError(f"{spec.name} has no distillation path for top-k teacher log-probs")
         adv = inputs.advantages
         if adv is None:
             adv = grpo_advantages(inputs.rewards, inputs.group_index)
@@ -208,4 +226,5 @@ def compute_loss(
     return scope_loss(
         logp, inputs.old_logp, inputs.teacher_logp, inputs.mask, distill_path(spec, inputs.correct),
         inputs.weights, inputs.group_index, aggregation=aggregation, denominator=denominator,
+        student_topk_logp=topk_logp, teacher_topk_logp=inputs.teacher_topk_logp,
     )

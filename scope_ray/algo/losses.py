@@ -91,6 +91,26 @@ def scope_advantages(
     return torch.where(use_teacher, distill, torch.ones((), dtype=logp.dtype))
 
 
+def topk_forward_kl(student_topk_logp: torch.Tensor, teacher_topk_logp: torch.Tensor,
+                    used: torch.Tensor) -> torch.Tensor:
+    """Per-token forward KL(pi_T || pi_theta) over the teacher's top-k tokens [N, T, k]:
+    sum_j p_T(j) (log p_T(j) - log pi_theta(j)), 0 where not ``used``.
+
+    Forward, because the teacher's probabilities are known exactly on its top-k support
+    and nowhere else: the forward KL restricted to that support needs nothing more, and
+    its gradient -sum_j p_T(j) grad log pi_theta(j) is a teacher-weighted cross-entropy
+    (verl and NeMo-RL distil with the same top-k forward KL). The reverse KL would need
+    pi_T on every token the student puts mass on. Not renormalised: with k = the
+    vocabulary it is the full forward KL, and the teacher mass outside the top k (its
+    tail) simply carries no signal.
+    """
+    mask = used.unsqueeze(-1)
+    zero = torch.zeros((), dtype=student_topk_logp.dtype)
+    teacher = torch.where(mask, teacher_topk_logp.to(student_topk_logp.dtype), zero)
+    student = torch.where(mask, student_topk_logp, zero)
+    return (teacher.exp() * (teacher - student)).sum(dim=-1) * used
+
+
 def scope_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -102,11 +122,16 @@ def scope_loss(
     *,
     aggregation: Aggregation = "sum",
     denominator: float | None = None,
+    student_topk_logp: torch.Tensor | None = None,
+    teacher_topk_logp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SCOPE objective (Eq. 6) with rho = exp(logp - old_logp).
 
     Correct rollouts: w_i * L_MLE = -w_i * sum_t rho.
-    Incorrect rollouts: w_i * L_OPD = w_i * sum_t rho * (sg(logp) - teacher_logp).
+    Incorrect rollouts: w_i * L_OPD = w_i * sum_t rho * (sg(logp) - teacher_logp), the
+    sampled-token estimate of the reverse KL; or, given the top-k log-probs of the
+    teacher and of the policy at the teacher's top-k tokens ([N, T, k],
+    ``algorithm.distill=topk``), w_i * sum_t of :func:`topk_forward_kl`.
     ``teacher_logp`` is read only on incorrect rollouts. Uniform on-policy distillation
     (the ``opd`` baseline) is this function with ``correct`` all False and weights 1.
     """
@@ -123,6 +148,16 @@ def scope_loss(
     rho = importance_ratio(logp, old_logp, used)
     adv = scope_advantages(logp, teacher_logp, correct, used)
     per_token = torch.where(used, -rho * adv, torch.zeros((), dtype=logp.dtype))
+    if (student_topk_logp is None) != (teacher_topk_logp is None):
+        raise ValueError("student_topk_logp and teacher_topk_logp go together")
+    if teacher_topk_logp is not None:
+        distilled = (~correct)[:, None] & used
+        for name, t in (("student_topk_logp", student_topk_logp), ("teacher_topk_logp", teacher_topk_logp)):
+            if t.dim() != 3 or tuple(t.shape[:2]) != tuple(logp.shape) or t.shape[2] != teacher_topk_logp.shape[2]:
+                raise ValueError(f"{name} must be [N, T, k] with [N, T] = {tuple(logp.shape)}, got {tuple(t.shape)}")
+            check_finite_where(name, t.detach(), distilled.unsqueeze(-1).expand_as(t))
+        kl = topk_forward_kl(student_topk_logp, teacher_topk_logp, distilled)
+        per_token = torch.where(distilled, kl, per_token)
     per_rollout = weights.to(logp.dtype) * per_token.sum(dim=1)
     return _aggregate(per_rollout, used, group_index, aggregation, denominator)
 

@@ -16,38 +16,51 @@ import numpy as np
 import torch
 
 from scope_ray.algo import AlgorithmSpec, rollout_weights
-from scope_ray.types import RolloutGroup, ScoreRequest
+from scope_ray.types import RolloutGroup, ScoreRequest, TeacherScore
 
 NAN = float("nan")
 
 
 def teacher_requests(
-    spec: AlgorithmSpec, group: RolloutGroup, kl_beta: float = 0.0, among: Sequence[int] | None = None
+    spec: AlgorithmSpec, group: RolloutGroup, kl_beta: float = 0.0, among: Sequence[int] | None = None,
+    topk: int = 0,
 ) -> tuple[list[int], list[ScoreRequest]]:
     """Which rollouts of a verified group go to the scoring server, and the requests.
 
     ``among``: decide only for these rollout indices (the controller asks per sample as
     samples arrive: routing depends on a rollout's own verdict, not on its group's).
+    ``topk``: ask the teacher for its k most likely tokens too (algorithm.distill=topk;
+    a reference scorer is never asked).
     """
+    k = topk if spec.scorer(kl_beta) == "teacher" else 0
     candidates = range(len(group.rollouts)) if among is None else among
     correct = torch.tensor([group.rewards[i] > 0.5 for i in candidates], dtype=torch.bool)
     need = spec.scored(correct, kl_beta).tolist()
     idx = [i for i, n in zip(candidates, need) if n]
-    reqs = [ScoreRequest(prompt_ids=group.prompt_ids, response_ids=group.rollouts[i].response_ids) for i in idx]
+    reqs = [ScoreRequest(prompt_ids=group.prompt_ids, response_ids=group.rollouts[i].response_ids, topk=k)
+            for i in idx]
     return idx, reqs
 
 
-def attach_teacher(group: RolloutGroup, indices: Sequence[int], scores: Sequence[np.ndarray]) -> None:
-    """Store the scores of rollouts ``indices``; the others keep what they have (None)."""
+def attach_teacher(group: RolloutGroup, indices: Sequence[int], scores: Sequence[np.ndarray | TeacherScore]) -> None:
+    """Store the scores of rollouts ``indices`` (the top-k too, for a TeacherScore); the
+    others keep what they have (None)."""
     if len(group.teacher_logp) != len(group.rollouts):
         group.teacher_logp = [None] * len(group.rollouts)
     for i, s in zip(indices, scores):
-        if len(s) != len(group.rollouts[i].response_ids):
+        top = s.topk if isinstance(s, TeacherScore) else None
+        logp = s.logp if isinstance(s, TeacherScore) else s
+        n = len(group.rollouts[i].response_ids)
+        if len(logp) != n or (top is not None and (top.ids.shape[0] != n or top.ids.shape != top.logp.shape)):
+            got = len(logp) if top is None or len(logp) != n else top.ids.shape[0]
             raise ValueError(
-                f"teacher returned {len(s)} log-probs for a {len(group.rollouts[i].response_ids)}-token response "
-                f"(prompt {group.uid}, rollout {i})"
+                f"teacher returned {got} log-probs for a {n}-token response (prompt {group.uid}, rollout {i})"
             )
-        group.teacher_logp[i] = np.asarray(s, dtype=np.float32)
+        group.teacher_logp[i] = np.asarray(logp, dtype=np.float32)
+        if top is not None:
+            if len(group.teacher_topk) != len(group.rollouts):
+                group.teacher_topk = [None] * len(group.rollouts)
+            group.teacher_topk[i] = top
 
 
 def _mean(x: np.ndarray) -> float:
@@ -131,6 +144,9 @@ def batch_metrics(spec: AlgorithmSpec, wb: WeightedBatch, learner_version: int) 
     for r, k in reasons.items():
         out[f"verifier/{r}"] = k / n
     out.update(spec.signal_metrics(wb.weights, wb.correct, wb.group_index, _scored_log_ratios(groups)))
+    topk = [t for g in groups for t in g.teacher_topk if t is not None]
+    if topk:  # algorithm.distill=topk: what the teacher sent beyond the sampled tokens' log-probs
+        out["teacher/topk_payload_mb"] = sum(t.nbytes for t in topk) / 2**20
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
 
 

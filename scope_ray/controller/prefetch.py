@@ -4,7 +4,7 @@ Under ``trainer.max_staleness = k >= 1`` the next k steps' groups are generated 
 weights from before the step that was just checkpointed) while the learner trains.
 Drawing those prompts again on resume would generate them with the newer weights: a
 valid run, but not the one that was interrupted. So the checkpoint holds the prefetched
-groups themselves (token ids, engine log-probs, rewards, teacher scores), and, under
+groups themselves (token ids, engine log-probs, rewards, teacher scores and top-k), and, under
 ``learner.old_logp: recompute`` (k = 1 only), the old log-probs the learner computed for
 them with the weights they were sampled under (which the checkpoint does not otherwise
 keep).
@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scope_ray.controller.stream import StageClock
-from scope_ray.types import Rollout, RolloutGroup
+from scope_ray.types import Rollout, RolloutGroup, TeacherTopK
 
 META = "prefetched.json"
 ARRAYS = "prefetched.safetensors"
@@ -50,6 +50,10 @@ def save(directory: Path, groups: list[RolloutGroup], old_logp: torch.Tensor | N
             scored = g.teacher_logp[j] if g.teacher_logp else None
             if scored is not None:
                 arrays[f"{i}.{j}.teacher"] = torch.from_numpy(np.asarray(scored, dtype=np.float32).copy())
+            top = g.teacher_topk[j] if g.teacher_topk else None
+            if top is not None:
+                arrays[f"{i}.{j}.topk_ids"] = torch.from_numpy(np.asarray(top.ids, dtype=np.int32).copy())
+                arrays[f"{i}.{j}.topk_logp"] = torch.from_numpy(np.asarray(top.logp, dtype=np.float32).copy())
             rollouts.append({"text": r.text, "finish_reason": r.finish_reason, "policy_version": r.policy_version})
         meta.append({"uid": g.uid, "group_index": g.group_index, "prompt_ids": list(g.prompt_ids),
                      "ground_truth": g.ground_truth, "data_source": g.data_source, "rewards": list(g.rewards),
@@ -81,9 +85,12 @@ def load(directory: Path, index: int = 0) -> tuple[list[RolloutGroup], torch.Ten
                             r["finish_reason"], int(r["policy_version"])) for j, r in enumerate(g["rollouts"])]
         teacher = [arrays[f"{i}.{j}.teacher"].numpy() if f"{i}.{j}.teacher" in arrays else None
                    for j in range(len(rollouts))]
+        topk = [TeacherTopK(arrays[f"{i}.{j}.topk_ids"].numpy(), arrays[f"{i}.{j}.topk_logp"].numpy())
+                if f"{i}.{j}.topk_ids" in arrays else None for j in range(len(rollouts))]
         groups.append(RolloutGroup(g["uid"], int(g["group_index"]), list(g["prompt_ids"]), g["ground_truth"],
                                    g["data_source"], rollouts, rewards=[float(x) for x in g["rewards"]],
-                                   reasons=list(g["reasons"]), teacher_logp=teacher))
+                                   reasons=list(g["reasons"]), teacher_logp=teacher,
+                                   teacher_topk=topk if any(t is not None for t in topk) else []))
     return groups, arrays.get(OLD_LOGP)
 
 

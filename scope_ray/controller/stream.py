@@ -134,12 +134,14 @@ class StepStream:
         max_retries: int = 3,
         dead_teachers: set[int] | None = None,
         kl_beta: float = 0.0,
+        topk: int = 0,
     ) -> None:
         self.workers = list(rollout_workers)
         self.teachers = list(teachers)
         self.verify = verify
         self.spec = spec
         self.kl_beta = kl_beta  # GRPO: > 0 sends every rollout to the reference scorer
+        self.topk = topk  # algorithm.distill=topk: the teacher's k most likely tokens too
         self.prompts_per_request = prompts_per_request
         self.group_size = group_size
         self.generate_timeout_s = generate_timeout_s
@@ -346,7 +348,7 @@ class StepStream:
             self._groups[g].reasons[j] = str(v.reason)
             by_group.setdefault(g, []).append(j)
         for g, js in by_group.items():
-            indices, reqs = teacher_requests(self.spec, self._groups[g], self.kl_beta, among=js)
+            indices, reqs = teacher_requests(self.spec, self._groups[g], self.kl_beta, among=js, topk=self.topk)
             self._to_score.extend(((g, j), req) for j, req in zip(indices, reqs))
             self._scoring[g] += len(indices)
 

@@ -79,19 +79,21 @@ def to_train_batch(wb: WeightedBatch, pad_id: int, scores_are_reference: bool = 
     teacher's (SCOPE, OPD) or, for GRPO, the reference policy's (``ref_logp``)."""
     from scope_ray.learner.batch import collate
 
-    prompt_ids, response_ids, old_logp, scores = [], [], [], []
+    prompt_ids, response_ids, old_logp, scores, topk = [], [], [], [], []
     for g in wb.groups:
         for i, r in enumerate(g.rollouts):
             prompt_ids.append(g.prompt_ids)
             response_ids.append(r.response_ids)
             old_logp.append(r.response_logp)
             scores.append(g.teacher_logp[i] if g.teacher_logp else None)
+            topk.append(g.teacher_topk[i] if g.teacher_topk else None)
     unscored: list[None] = [None] * len(scores)
     ref = scores if scores_are_reference and any(s is not None for s in scores) else None
     return collate(
         prompt_ids=prompt_ids, response_ids=response_ids, old_logp=old_logp,
         teacher_logp=unscored if scores_are_reference else scores, ref_logp=ref,
         correct=wb.correct, rewards=wb.rewards, weights=wb.weights, group_index=wb.group_index, pad_id=pad_id,
+        teacher_topk=topk if any(t is not None for t in topk) else None,
     )
 
 
@@ -273,6 +275,7 @@ class Trainer:
             policy_version=self.version, recover_worker=self.recover_rollout_worker,
             max_retries=c.trainer.actor_max_restarts, dead_teachers=self._dead_teachers,
             kl_beta=c.algorithm.kl_beta,  # the spec decides whether it sends anything to a reference
+            topk=c.algorithm.topk if c.algorithm.distill == "topk" else 0,
         )
 
     def _start_stream(self) -> StepStream:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from scope_ray.learner.batch import pack_by_padded_tokens, padded_tokens
-from scope_ray.types import ScoreRequest
+from scope_ray.types import ScoreRequest, TeacherScore, TeacherTopK
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ class HFScorer:
         pad = self.model.config.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
 
-    def __call__(self, batch: list[ScoreRequest]) -> list[np.ndarray]:
-        from scope_ray.learner.logprobs import token_logprobs
+    def __call__(self, batch: list[ScoreRequest]) -> list[np.ndarray | TeacherScore]:
+        from scope_ray.learner.logprobs import token_logprobs, token_topk
 
         seqs = [r.prompt_ids + r.response_ids for r in batch]
         longest = max(len(s) for s in seqs)
@@ -79,10 +79,23 @@ class HFScorer:
         for row, s in enumerate(seqs):
             ids[row, : len(s)] = torch.tensor(s)
             mask[row, : len(s)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        k = max(r.topk for r in batch)
         with torch.inference_mode():
-            logp = token_logprobs(self.model, ids.to(self.device), mask.to(self.device),
-                                  self.temperature).float().cpu()
-        return [logp[row, len(r.prompt_ids) : r.num_tokens].numpy().copy() for row, r in enumerate(batch)]
+            logp = token_logprobs(self.model, ids, mask, self.temperature).float().cpu()
+            # A second pass for the top k (teacher time: bench/rollout_batching.py reports it).
+            top = token_topk(self.model, ids, mask, k, self.temperature) if k else None
+        out: list[np.ndarray | TeacherScore] = []
+        for row, r in enumerate(batch):
+            span = slice(len(r.prompt_ids), r.num_tokens)
+            sampled = logp[row, span].numpy().copy()
+            if not r.topk:
+                out.append(sampled)
+                continue
+            out.append(TeacherScore(sampled, TeacherTopK(
+                ids=top[0][row, span, : r.topk].cpu().numpy().astype(np.int32),
+                logp=top[1][row, span, : r.topk].cpu().numpy().astype(np.float32))))
+        return out
 
 
 class VLLMScorer:
@@ -107,15 +120,27 @@ class VLLMScorer:
         self.llm = create_llm(opts)
         self.params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
 
-    def __call__(self, batch: list[ScoreRequest]) -> list[np.ndarray]:
+    def __call__(self, batch: list[ScoreRequest]) -> list[np.ndarray | TeacherScore]:
         from vllm.inputs import TokensPrompt
 
         seqs = [r.prompt_ids + r.response_ids for r in batch]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], self.params, use_tqdm=False)
-        result = []
+        params = [self.params if not r.topk else self.params.clone() for r in batch]
+        for p, r in zip(params, batch):
+            if r.topk:
+                p.prompt_logprobs = r.topk  # the k most likely, plus the actual token
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=False)
+        result: list[np.ndarray | TeacherScore] = []
         for r, s, out in zip(batch, seqs, outs, strict=True):
             plp = out.prompt_logprobs  # [None, {token: Logprob}, ...], one per prompt position
-            result.append(np.array([plp[p][s[p]].logprob for p in range(len(r.prompt_ids), len(s))], dtype=np.float32))
+            positions = range(len(r.prompt_ids), len(s))
+            sampled = np.array([plp[p][s[p]].logprob for p in positions], dtype=np.float32)
+            if not r.topk:
+                result.append(sampled)
+                continue
+            ranked = [sorted(((lp.rank, tok, lp.logprob) for tok, lp in plp[p].items()))[: r.topk] for p in positions]
+            result.append(TeacherScore(sampled, TeacherTopK(
+                ids=np.array([[tok for _, tok, _ in row] for row in ranked], dtype=np.int32).reshape(-1, r.topk),
+                logp=np.array([[lp for _, _, lp in row] for row in ranked], dtype=np.float32).reshape(-1, r.topk))))
         return result
 
 
@@ -169,8 +194,9 @@ class TeacherScoring:
     def stats(self) -> dict:
         return asdict(self._stats)
 
-    async def score(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
-        """log pi_T of each response token, float32, one array per request, in order."""
+    async def score(self, requests: list[ScoreRequest]) -> list[np.ndarray | TeacherScore]:
+        """log pi_T of each response token, float32, one array per request, in order (a
+        TeacherScore with the top-k tokens too for a request with ``topk > 0``)."""
         if any(not r.prompt_ids for r in requests):
             raise ValueError("ScoreRequest.prompt_ids must be non-empty (the first token has no log-prob)")
         loop = asyncio.get_running_loop()
@@ -180,6 +206,9 @@ class TeacherScoring:
             fut = loop.create_future()
             if r.response_ids:
                 self._queue.put_nowait(_Item(r, fut))
+            elif r.topk:
+                empty = np.zeros((0, r.topk), dtype=np.float32)
+                fut.set_result(TeacherScore(np.zeros(0, dtype=np.float32), TeacherTopK(empty.astype(np.int32), empty)))
             else:
                 fut.set_result(np.zeros(0, dtype=np.float32))
             futures.append(fut)

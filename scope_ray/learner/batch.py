@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,10 @@ class TrainBatch:
     weights: torch.Tensor  # float32 [N]
     group_index: torch.Tensor  # long [N] prompt id, the grouping key
     ref_logp: torch.Tensor | None = None  # float32 [N, L] reference policy (grpo)
+    # algorithm.distill=topk: the teacher's k most likely tokens at each position and
+    # their log-probs, [N, L, k] (ids 0 and log-probs NaN where the teacher did not score).
+    teacher_topk_ids: torch.Tensor | None = None  # long
+    teacher_topk_logp: torch.Tensor | None = None  # float32
 
     @property
     def num_rows(self) -> int:
@@ -81,6 +86,8 @@ class TrainBatch:
             if t is None:
                 continue
             want = (n, length) if _is_2d(f.name) else (n,)
+            if f.name in _3D_FIELDS:
+                want = (n, length, self.teacher_topk_ids.shape[-1] if self.teacher_topk_ids is not None else -1)
             if tuple(t.shape) != want:
                 raise ValueError(f"TrainBatch.{f.name} has shape {tuple(t.shape)}, expected {want}")
         if self.correct.dtype != torch.bool:
@@ -98,13 +105,17 @@ class TrainBatch:
             raise ValueError("TrainBatch.ref_logp is non-finite on a response token")
         if not bool(torch.isfinite(self.weights).all()):
             raise ValueError("TrainBatch.weights is non-finite")
+        if (self.teacher_topk_ids is None) != (self.teacher_topk_logp is None):
+            raise ValueError("TrainBatch.teacher_topk_ids and teacher_topk_logp go together")
 
 
+_3D_FIELDS = frozenset({"teacher_topk_ids", "teacher_topk_logp"})
 _2D_FIELDS = frozenset({"input_ids", "attention_mask", "response_mask", "old_logp", "teacher_logp", "ref_logp"})
 
 
 def _is_2d(name: str) -> bool:
-    return name in _2D_FIELDS
+    """Per position (the 3-D top-k fields too): trimmed with the sequence."""
+    return name in _2D_FIELDS or name in _3D_FIELDS
 
 
 def _index(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
@@ -147,12 +158,14 @@ def collate(
     group_index: Sequence[int] | torch.Tensor,
     pad_id: int,
     ref_logp: Sequence[ArrayLike] | None = None,
+    teacher_topk: Sequence[Any | None] | None = None,
 ) -> TrainBatch:
     """Per-rollout lists -> one right-padded :class:`TrainBatch`.
 
     ``old_logp[i]`` / ``teacher_logp[i]`` / ``ref_logp[i]`` hold one value per response
     token of rollout i; value t lands at position ``len(prompt_ids[i]) + t``.
-    ``teacher_logp[i]`` may be None (not scored): that row is NaN.
+    ``teacher_logp[i]`` may be None (not scored): that row is NaN. ``teacher_topk[i]``
+    (a :class:`scope_ray.types.TeacherTopK` or None) fills the top-k fields the same way.
     """
     n = len(prompt_ids)
     for name, seq in (("response_ids", response_ids), ("old_logp", old_logp), ("teacher_logp", teacher_logp)):
@@ -169,6 +182,9 @@ def collate(
     old = torch.zeros((n, width), dtype=torch.float32)
     teacher = torch.full((n, width), float("nan"), dtype=torch.float32)
     ref = torch.zeros((n, width), dtype=torch.float32) if ref_logp is not None else None
+    k = next((t.ids.shape[1] for t in teacher_topk or () if t is not None), 0)
+    topk_ids = torch.zeros((n, width, k), dtype=torch.long) if k else None
+    topk_logp = torch.full((n, width, k), float("nan"), dtype=torch.float32) if k else None
     for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
         if len(p) == 0:
             raise ValueError(f"prompt_ids[{i}] is empty (the first response token needs a prefix)")
@@ -182,6 +198,13 @@ def collate(
             teacher[i, start:end] = t
         if ref is not None:
             ref[i, start:end] = _row_values(ref_logp[i], len(r), "ref_logp", i)
+        top = teacher_topk[i] if k else None
+        if top is not None:
+            if tuple(top.ids.shape) != (len(r), k) or tuple(top.logp.shape) != (len(r), k):
+                raise ValueError(f"teacher_topk[{i}] has shape {tuple(top.ids.shape)} for a {len(r)}-token response "
+                                 f"at k {k}")
+            topk_ids[i, start:end] = torch.as_tensor(np.asarray(top.ids, dtype=np.int64))
+            topk_logp[i, start:end] = torch.tensor(np.asarray(top.logp, dtype=np.float32))
 
     batch = TrainBatch(
         input_ids=input_ids,
@@ -194,6 +217,8 @@ def collate(
         weights=_per_rollout("weights", weights, n, torch.float32),
         group_index=_per_rollout("group_index", group_index, n, torch.long),
         ref_logp=ref,
+        teacher_topk_ids=topk_ids,
+        teacher_topk_logp=topk_logp,
     )
     batch.validate()
     return batch

@@ -48,7 +48,8 @@ def check_batch(batch: TrainBatch, spec: AlgorithmSpec, kl_beta: float) -> None:
     """Everything the loss would reject, checked before any collective starts (a rank
     raising mid-step would leave the others waiting). Raises ValueError."""
     batch.validate()
-    spec.check_batch(batch.correct, batch.response_mask, batch.teacher_logp, batch.ref_logp, kl_beta)
+    spec.check_batch(batch.correct, batch.response_mask, batch.teacher_logp, batch.ref_logp, kl_beta,
+                     batch.teacher_topk_logp)
 
 
 def free_port() -> int:
@@ -109,9 +110,14 @@ class LearnerCore:
         return int(t.item())
 
     # ------------------------------------------------------------------ passes
-    def _logprobs(self, mb: TrainBatch) -> torch.Tensor:
-        return token_logprobs(self.engine, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
-                              self.options.temperature)
+    def _logprobs(self, mb: TrainBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """log pi of the sampled tokens, and (top-k distillation) of the teacher's top-k
+        tokens at each position, from one forward pass."""
+        d = self.device
+        support = mb.teacher_topk_ids.to(d) if mb.teacher_topk_ids is not None else None
+        out = token_logprobs(self.engine, mb.input_ids.to(d), mb.attention_mask.to(d), self.options.temperature,
+                             support=support)
+        return out if support is not None else (out, None)
 
     def _idle_logprobs(self) -> torch.Tensor:
         """A 1 x 2-token pass: touches every parameter (ZeRO-3 gathers) at minimal cost."""
@@ -126,11 +132,13 @@ class LearnerCore:
             teacher_logp=mb.teacher_logp.to(d),
             ref_logp=mb.ref_logp.to(d) if mb.ref_logp is not None else None,
             advantages=advantages.to(d) if advantages is not None else None,
+            teacher_topk_ids=mb.teacher_topk_ids.to(d) if mb.teacher_topk_ids is not None else None,
+            teacher_topk_logp=mb.teacher_topk_logp.to(d) if mb.teacher_topk_logp is not None else None,
         )
 
     def _micro_loss(self, mb: TrainBatch, advantages: torch.Tensor | None, denominator: float,
                     stats: RankStepStats) -> torch.Tensor:
-        logp = self._logprobs(mb)
+        logp, topk_logp = self._logprobs(mb)
         inputs = self._loss_inputs(mb, advantages)
         used = inputs.mask.bool()
         if not bool(torch.isfinite(logp.detach()[used]).all()):
@@ -138,7 +146,7 @@ class LearnerCore:
             return (logp * float("nan")).sum()
         o = self.options
         loss = compute_loss(self.spec, logp, inputs, aggregation=o.aggregation, denominator=denominator,
-                            clip_eps=o.clip_eps, kl_beta=o.kl_beta)
+                            clip_eps=o.clip_eps, kl_beta=o.kl_beta, topk_logp=topk_logp)
         if not bool(torch.isfinite(loss.detach())):
             stats.nonfinite = True
             return loss * float("nan")

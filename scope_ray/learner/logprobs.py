@@ -35,7 +35,7 @@ def gather_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
     _check_temperature(temperature)
     shifted = logits[:, :-1, :]
     target = input_ids[:, 1:]
-    logp = _target_logprobs(shifted.reshape(-1, shifted.shape[-1]), target.reshape(-1), temperature)
+    logp = _target_logprobs(shifted.reshape(-1, shifted.shape[-1]), target.reshape(-1, 1), temperature)
     return F.pad(logp.view(target.shape), (1, 0), value=0.0)
 
 
@@ -45,13 +45,13 @@ def _check_temperature(temperature: float) -> None:
 
 
 def _target_logprobs(logits: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
-    """[N, V] logits, [N] targets -> [N] float32 log-probs of the targets."""
+    """[N, V] logits, [N, m] target ids -> [N, m] float32 log-probs of the targets."""
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    picked = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    picked = logits.gather(-1, target)
     # log_softmax without materialising it: logit - logsumexp over the vocabulary.
-    return picked - torch.logsumexp(logits, dim=-1)
+    return picked - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
 def _head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -70,7 +70,8 @@ def _partitioned(param: torch.Tensor) -> bool:
 
 
 def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   temperature: float = 1.0, chunk_elements: int = LOGIT_CHUNK_ELEMENTS) -> torch.Tensor:
+                   temperature: float = 1.0, chunk_elements: int = LOGIT_CHUNK_ELEMENTS,
+                   support: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Right-padded batch -> [B, L] float32 token log-probs (see module docstring); 0 at
     position 0 and wherever ``attention_mask`` is 0.
 
@@ -79,28 +80,87 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     verl does), so pi_old and pi_theta in the importance ratio and the reverse-KL signal
     are the sampling distribution itself; measured on the embedded task, training the
     raw policy on samples drawn at T=0.6 drifts and collapses within ~40 steps.
+
+    ``support`` ([B, L, k] token ids, aligned like ``input_ids``: ``support[i, p]`` are
+    candidates for the token at position p): also return their log-probs, [B, L, k], from
+    the same forward pass (top-k distillation scores the teacher's top-k tokens).
     """
     _check_temperature(temperature)
-    hf = _hf_model(model)
+    targets = input_ids.unsqueeze(-1) if support is None else torch.cat([input_ids.unsqueeze(-1), support], dim=-1)
+    values = _logprobs_of(model, input_ids, attention_mask, targets, temperature, chunk_elements)
+    return values[..., 0] if support is None else (values[..., 0], values[..., 1:])
+
+
+def _whole_model_only(hf: torch.nn.Module) -> bool:
+    """The whole model where the head cannot be applied on its own: none, partitioned, or
+    an adapted layer (learner.lora.target_modules naming it: its .weight is the base's)."""
     head = hf.get_output_embeddings()
-    # The whole model where the head cannot be applied on its own: none, partitioned, or
-    # an adapted layer (learner.lora.target_modules naming it: its .weight is the base's).
-    if head is None or hf.base_model is hf or hasattr(head, "base_layer") or _partitioned(head.weight):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        logp = gather_token_logprobs(out.logits, input_ids, temperature)
-        return torch.where(attention_mask.bool(), logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
-    hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return head is None or hf.base_model is hf or hasattr(head, "base_layer") or _partitioned(head.weight)
+
+
+def _logprobs_of(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 targets: torch.Tensor, temperature: float, chunk_elements: int) -> torch.Tensor:
+    """[B, L, m] log-probs of ``targets[b, p, :]`` at position p (0 at p = 0 and padding)."""
+    hf = _hf_model(model)
     valid = attention_mask[:, 1:].bool()
-    rows = hidden[:, :-1][valid]  # [N, H]: the positions whose next token is real
-    target = input_ids[:, 1:][valid]
-    step = max(1, chunk_elements // head.weight.shape[0])
-    pieces = []
+    target = targets[:, 1:][valid]  # [N, m]: the positions whose next token is real
+    if _whole_model_only(hf):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        flat = _target_logprobs(logits[:, :-1][valid], target, temperature)
+    else:
+        head = hf.get_output_embeddings()
+        hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        rows = hidden[:, :-1][valid]  # [N, H]
+        step = max(1, chunk_elements // head.weight.shape[0])
+        pieces = []
+        for start in range(0, rows.shape[0], step):
+            args = (rows[start:start + step], head.weight, head.bias, target[start:start + step], temperature)
+            if torch.is_grad_enabled():
+                pieces.append(checkpoint(_head_logprobs, *args, use_reentrant=False))
+            else:
+                pieces.append(_head_logprobs(*args))
+        flat = torch.cat(pieces) if pieces else rows.new_zeros((0, target.shape[-1]), dtype=torch.float32)
+    b, length, m = targets.shape
+    out = torch.zeros((b, length - 1, m), dtype=torch.float32, device=flat.device)
+    out = out.masked_scatter(valid.unsqueeze(-1).expand_as(out), flat)
+    return F.pad(out, (0, 0, 1, 0), value=0.0)
+
+
+@torch.no_grad()
+def token_topk(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int,
+               temperature: float = 1.0, chunk_elements: int = LOGIT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` most likely tokens at every position and their log-probs under
+    softmax(logits / temperature): ([B, L, k] long ids, [B, L, k] float32), aligned like
+    :func:`token_logprobs` (position p: the distribution of the token at p, given the
+    ones before), most likely first; ids 0 and log-probs 0 at p = 0 and on padding."""
+    _check_temperature(temperature)
+    hf = _hf_model(model)
+    valid = attention_mask[:, 1:].bool()
+    if _whole_model_only(hf):
+        rows = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1][valid]
+        head = None
+    else:
+        head = hf.get_output_embeddings()
+        rows = hf.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                             use_cache=False).last_hidden_state[:, :-1][valid]
+    vocab = head.weight.shape[0] if head is not None else rows.shape[-1]
+    if not 1 <= k <= vocab:
+        raise ValueError(f"k must be in [1, {vocab}] (the vocabulary), got {k}")
+    step = max(1, chunk_elements // vocab)
+    ids, logps = [], []
     for start in range(0, rows.shape[0], step):
-        args = (rows[start:start + step], head.weight, head.bias, target[start:start + step], temperature)
-        if torch.is_grad_enabled():
-            pieces.append(checkpoint(_head_logprobs, *args, use_reentrant=False))
-        else:
-            pieces.append(_head_logprobs(*args))
-    flat = torch.cat(pieces) if pieces else rows.new_zeros(0, dtype=torch.float32)
-    logp = torch.zeros(valid.shape, dtype=torch.float32, device=hidden.device).masked_scatter(valid, flat)
-    return F.pad(logp, (1, 0), value=0.0)
+        logits = rows[start:start + step]
+        if head is not None:
+            logits = F.linear(logits, head.weight, head.bias)
+        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+        top = logp.topk(k, dim=-1)
+        ids.append(top.indices)
+        logps.append(top.values)
+    b, length = input_ids.shape
+    out_ids = torch.zeros((b, length - 1, k), dtype=torch.long, device=rows.device)
+    out_logp = torch.zeros((b, length - 1, k), dtype=torch.float32, device=rows.device)
+    where = valid.unsqueeze(-1).expand_as(out_ids)
+    if ids:
+        out_ids = out_ids.masked_scatter(where, torch.cat(ids))
+        out_logp = out_logp.masked_scatter(where, torch.cat(logps))
+    return F.pad(out_ids, (0, 0, 1, 0), value=0), F.pad(out_logp, (0, 0, 1, 0), value=0.0)

@@ -327,3 +327,32 @@ def test_lora_student_trains_on_merged_weights_and_resumes_exactly(ray_session, 
     again = load_file(ckpt.latest_valid(resumed).hf_dir / "model.safetensors")
     for k in merged:
         torch.testing.assert_close(again[k], merged[k], rtol=0, atol=1e-6)
+
+
+def test_topk_distillation_trains_and_resumes_exactly_at_staleness_1(ray_session, tiny_bootstrap, tmp_path_factory):
+    """algorithm.distill=topk end to end: the teacher's top-k reaches the learner (its
+    payload is reported), the step trains, and under max_staleness 1 the checkpoint keeps
+    the prefetched groups' top-k, so a resume equals the uninterrupted run."""
+    import shutil
+
+    topk = ["algorithm.distill=topk", "algorithm.topk=8", "trainer.max_staleness=1", "trainer.eval_at_end=false",
+            "trainer.keep_checkpoints=3"]
+    full = tmp_path_factory.mktemp("topk_full")
+    run_training(_cfg(tiny_bootstrap, full, 3, topk), full, None, show_progress=False)
+    rows = [r for r in _rows(full) if "learner/loss" in r]
+    assert [r["learner/skipped"] for r in rows] == [0, 0, 0]
+    for r in rows:
+        # Every incorrect rollout's tokens x k x (int32 id + float32 log-prob).
+        assert r["teacher/topk_payload_mb"] == pytest.approx(r["teacher/scored_tokens"] * 8 * 8 / 2**20)
+    assert sum(r["branch/incorrect_size"] for r in rows) > 0
+    # Interrupted after step 2: its checkpoint holds step 3's groups, generated ahead.
+    resumed = tmp_path_factory.mktemp("topk_resumed")
+    shutil.copytree(full, resumed, dirs_exist_ok=True)
+    shutil.rmtree(ckpt.checkpoints_dir(resumed) / "step_000003")
+    ref = ckpt.latest_valid(resumed)
+    assert ref is not None and ref.step == 2
+    run_training(_cfg(tiny_bootstrap, resumed, 3, topk), resumed, ref, show_progress=False)
+    got, want = _rows(resumed)[-1], rows[-1]
+    assert (got["step"], got["rollout/tokens"], got["teacher/topk_payload_mb"]) == \
+        (want["step"], want["rollout/tokens"], want["teacher/topk_payload_mb"])
+    assert got["learner/loss"] == pytest.approx(want["learner/loss"], rel=1e-5, abs=1e-7)

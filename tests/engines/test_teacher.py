@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -52,6 +53,7 @@ def test_pack_rejects_bad_input() -> None:
 # ---------------------------------------------------------------- the Ray actor
 
 BUDGET = 2048
+TOPK = 5
 
 
 def _requests(n: int, seed: int = 0) -> list[ScoreRequest]:
@@ -85,15 +87,17 @@ def hf_scores(ray_session, tiny_model_dir):
     multi_ref = teacher.score.remote([reqs[0], ScoreRequest(reqs[1].prompt_ids, []), reqs[2]])
     results = [out[0] for out in ray.get(refs, timeout=60)]
     multi = ray.get(multi_ref, timeout=60)
+    topk = ray.get(teacher.score.remote([replace(r, topk=TOPK) for r in reqs[:4]] + [ScoreRequest([5], [], topk=TOPK)]),
+                   timeout=60)
     with pytest.raises(ray.exceptions.RayTaskError, match="prompt_ids must be non-empty"):
         ray.get(teacher.score.remote([ScoreRequest([], [7, 8])]), timeout=60)
     stats = ray.get(teacher.stats.remote())
     ray.kill(teacher)
-    return reqs, results, multi, stats
+    return reqs, results, multi, stats, topk
 
 
 def test_hf_concurrent_callers_match_unbatched(hf_scores, hf_reference) -> None:
-    reqs, results, multi, _ = hf_scores
+    reqs, results, multi, _, _ = hf_scores
     for r, got in zip(reqs, results):
         assert got.dtype == np.float32 and got.shape == (len(r.response_ids),)
         np.testing.assert_allclose(got, _unbatched(hf_reference, r), atol=1e-5, rtol=0)
@@ -102,20 +106,45 @@ def test_hf_concurrent_callers_match_unbatched(hf_scores, hf_reference) -> None:
     np.testing.assert_array_equal(multi[2], results[2])
 
 
+def _full_logp(model, r: ScoreRequest) -> np.ndarray:
+    """[response tokens, vocab]: the teacher's whole distribution at each response position."""
+    ids = torch.tensor([r.prompt_ids + r.response_ids])
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[0, len(r.prompt_ids) - 1 : -1]
+    return torch.log_softmax(logits.float(), -1).numpy()
+
+
+def test_hf_topk_is_the_teachers_most_likely_tokens(hf_scores, hf_reference) -> None:
+    """algorithm.distill=topk: each position's k most likely tokens and log-probs, and
+    the sampled tokens' log-probs as before."""
+    reqs, results, _, _, topk = hf_scores
+    for r, plain, got in zip(reqs[:4], results, topk):
+        np.testing.assert_array_equal(got.logp, plain)
+        assert got.topk.ids.shape == got.topk.logp.shape == (len(r.response_ids), TOPK)
+        assert got.topk.ids.dtype == np.int32 and got.topk.nbytes == len(r.response_ids) * TOPK * 8
+        full = _full_logp(hf_reference, r)
+        want = np.sort(full, axis=-1)[:, ::-1][:, :TOPK]
+        np.testing.assert_allclose(got.topk.logp, want, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(np.take_along_axis(full, got.topk.ids.astype(np.int64), -1), got.topk.logp,
+                                   atol=1e-5, rtol=0)
+    assert topk[4].topk.ids.shape == (0, TOPK)
+
+
 def test_hf_batching_happened(hf_scores) -> None:
-    reqs, _, _, stats = hf_scores
-    assert stats["requests"] == 33  # the rejected call never counts
-    assert stats["sequences"] == 34  # the empty response is answered without a forward
+    reqs, _, _, stats, _ = hf_scores
+    assert stats["requests"] == 34  # the rejected call never counts
+    assert stats["sequences"] == 38  # the empty responses are answered without a forward
     # 32 callers at once within max_wait_ms coalesce into a few forwards (2 measured; a
     # server that scored each request alone would report 34).
     assert stats["batches"] <= stats["sequences"] // 4
     assert stats["max_batch_padded_tokens"] <= BUDGET
-    assert stats["real_tokens"] == sum(r.num_tokens for r in reqs) + sum(r.num_tokens for r in (reqs[0], reqs[2]))
+    assert stats["real_tokens"] == (sum(r.num_tokens for r in reqs) + sum(r.num_tokens for r in (reqs[0], reqs[2]))
+                                    + sum(r.num_tokens for r in reqs[:4]))
     assert stats["real_tokens"] <= stats["padded_tokens"] and stats["forward_s"] > 0
 
 
 def test_vllm_backend_agrees_with_hf(ray_session, tiny_model_dir, hf_scores, hf_reference) -> None:
-    reqs, hf_results, _, _ = hf_scores
+    reqs, hf_results, _, _, hf_topk = hf_scores
     # max_model_len is the longest rollout (prompt + response), as the trainer passes it.
     teacher = TeacherServer.options(num_cpus=1).remote(
         str(tiny_model_dir), backend="vllm", max_batch_tokens=BUDGET, max_wait_ms=50, dtype="float32",
@@ -128,6 +157,7 @@ def test_vllm_backend_agrees_with_hf(ray_session, tiny_model_dir, hf_scores, hf_
     try:
         got = [out[0] for out in ray.get([teacher.score.remote([r]) for r in reqs], timeout=120)]
         (full_got,) = ray.get(teacher.score.remote([full]), timeout=120)
+        topk = ray.get(teacher.score.remote([replace(r, topk=TOPK) for r in reqs[:4]]), timeout=120)
         stats = ray.get(teacher.stats.remote())
     finally:
         ray.kill(teacher)
@@ -136,4 +166,12 @@ def test_vllm_backend_agrees_with_hf(ray_session, tiny_model_dir, hf_scores, hf_
     for r, g, h in zip(reqs, got, hf_results):
         assert g.dtype == np.float32 and g.shape == (len(r.response_ids),)
         np.testing.assert_allclose(g, h, atol=1e-3, rtol=0)
-    assert stats["batches"] < stats["sequences"] == 33
+    assert stats["batches"] < stats["sequences"] == 37
+    # prompt_logprobs=k: the same top-k as the HF backend (up to ties in a near-uniform
+    # random model: compared by value, and every id's log-prob checked against HF's).
+    for r, v, h in zip(reqs[:4], topk, hf_topk):
+        np.testing.assert_array_equal(v.logp, got[reqs.index(r)])
+        np.testing.assert_allclose(v.topk.logp, h.topk.logp, atol=1e-3, rtol=0)
+        full = _full_logp(hf_reference, r)
+        np.testing.assert_allclose(np.take_along_axis(full, v.topk.ids.astype(np.int64), -1), v.topk.logp,
+                                   atol=1e-3, rtol=0)

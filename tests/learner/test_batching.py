@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scope_ray.algo import LossInputs, compute_loss, get_algorithm, loss_denominator
+from scope_ray.types import TeacherTopK
 from scope_ray.learner.batch import (
     TrainBatch,
     collate,
@@ -66,6 +67,31 @@ def test_collate_aligns_response_values_to_their_positions() -> None:
     assert batch.weights.dtype == torch.float32 and batch.group_index.dtype == torch.long
     assert batch.num_prompts == 1 and batch.num_response_tokens == 5
     assert batch.ref_logp is None
+
+
+def test_collate_aligns_the_teachers_topk_and_micro_batches_keep_it() -> None:
+    """algorithm.distill=topk: [N, L, k] fields aligned like teacher_logp, NaN / id 0
+    where not scored; select and trim carry them like the per-position fields."""
+    top = TeacherTopK(ids=np.array([[4, 9], [7, 1], [2, 3]], dtype=np.int32),
+                      logp=np.array([[-0.1, -2.0], [-0.5, -1.0], [-0.2, -3.0]], dtype=np.float32))
+    batch = collate(
+        prompt_ids=[[5, 6, 7], [8]], response_ids=[[9, 10], [11, 12, 13]],
+        old_logp=[[-0.1, -0.2], [-0.3, -0.4, -0.5]], teacher_logp=[None, [-1.0, -2.0, -3.0]],
+        correct=[True, False], rewards=[1.0, 0.0], weights=[1.0, 1.0], group_index=[3, 3], pad_id=PAD,
+        teacher_topk=[None, top],
+    )
+    assert batch.teacher_topk_ids.shape == batch.teacher_topk_logp.shape == (2, 5, 2)
+    assert batch.teacher_topk_ids[1, 1:4].tolist() == top.ids.tolist()
+    assert batch.teacher_topk_logp[1, 1:4].tolist() == top.logp.tolist()
+    assert torch.isnan(batch.teacher_topk_logp[0]).all() and torch.isnan(batch.teacher_topk_logp[1, [0, 4]]).all()
+    part = batch.select([1]).trim()
+    assert part.seq_len == 4 and part.teacher_topk_ids.shape == (1, 4, 2)
+    assert part.teacher_topk_ids[0, 1:4].tolist() == top.ids.tolist()
+    part.validate()
+    with pytest.raises(ValueError, match=r"teacher_topk\[1\] has shape \(3, 2\) for a 2-token response"):
+        collate(prompt_ids=[[5], [8]], response_ids=[[9], [11, 12]], old_logp=[[-0.1], [-0.3, -0.4]],
+                teacher_topk=[None, top], teacher_logp=[None, [-1.0, -2.0]], correct=[True, False],
+                rewards=[1.0, 0.0], weights=[1.0, 1.0], group_index=[3, 3], pad_id=PAD)
 
 
 @pytest.mark.parametrize(

@@ -88,3 +88,38 @@ def test_a_partitioned_head_runs_the_model_whole() -> None:
         model.get_output_embeddings().weight.ds_id = 7
         torch.testing.assert_close(token_logprobs(model, ids, mask), _full_logits_reference(model, ids, mask, 1.0))
         assert calls == ["whole", "whole"]
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["chunked", "whole-model"])
+def test_topk_and_support_logprobs_are_the_full_softmax(whole: bool) -> None:
+    """Top-k distillation: the teacher's top k (token_topk) and the policy's log-probs at
+    given ids (token_logprobs' support) are the full tempered softmax's, on both paths,
+    and the support's gradient is the full logits path's."""
+    from scope_ray.learner.logprobs import token_logprobs, token_topk
+
+    model, ids, mask = _model_and_batch()
+    if whole:
+        model.get_output_embeddings().weight.ds_id = 7  # as under ZeRO-3: the model runs whole
+    vocab = model.get_output_embeddings().weight.shape[0]
+    with torch.no_grad():
+        full = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float() / 0.6, -1)
+    top_ids, top_logp = token_topk(model, ids, mask, 4, 0.6, chunk_elements=5 * vocab)
+    want = full[:, :-1].topk(4, dim=-1)
+    valid = mask[:, 1:].bool()
+    torch.testing.assert_close(top_logp[:, 1:][valid], want.values[valid], atol=1e-5, rtol=0)
+    assert torch.equal(top_ids[:, 1:][valid], want.indices[valid])
+    assert (top_logp[:, 0] == 0).all() and (top_logp[1, 17:] == 0).all()
+    with pytest.raises(ValueError, match=r"k must be in \[1, "):
+        token_topk(model, ids, mask, vocab + 1)
+
+    model.zero_grad()
+    logp, support = token_logprobs(model, ids, mask, 0.6, chunk_elements=5 * vocab, support=top_ids)
+    assert logp.shape == ids.shape and support.shape == top_ids.shape
+    torch.testing.assert_close(support[:, 1:][valid], want.values[valid], atol=1e-5, rtol=0)
+    support.sum().backward()
+    got_g = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float() / 0.6, -1)[:, :-1]
+    ref.gather(-1, top_ids[:, 1:])[valid].sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got_g[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
