@@ -77,6 +77,11 @@ MAIN_ARMS: tuple[Arm, ...] = (
     Arm("scope-no-student-weight", ("algorithm.name=scope-no-student-weight",)),
     Arm("scope-reversed-teacher", ("algorithm.name=scope-reversed-teacher",)),
     Arm("scope-no-weight", ("algorithm.name=scope-no-weight",)),
+    Arm("scope-topk", ("algorithm.name=scope", "algorithm.distill=topk", "algorithm.topk=20"),
+        "incorrect path: forward KL over the teacher's top 20"),
+    # The student samples (and is scored) at rollout.temperature 0.6; the teacher scores
+    # at 1.0 by default: this arm scores it at the rollout temperature instead.
+    Arm("scope-teacher-t0.6", ("algorithm.name=scope", "teacher.temperature=0.6"), "teacher scored at T 0.6"),
 )
 
 SWEEP_ARMS: tuple[Arm, ...] = tuple(

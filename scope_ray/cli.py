@@ -207,8 +207,9 @@ def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--cache-dir", default=None,
                         help="cache root (default: $SCOPE_RAY_CACHE or ~/.cache/scope-ray)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a cache exists")
-    parser.add_argument("--preset", choices=("default", "tiny"), default="default",
-                        help="'tiny' is the reduced preset the tests use")
+    parser.add_argument("--preset", choices=("default", "tiny", "imperfect-teacher"), default="default",
+                        help="'tiny' is the reduced preset the tests use; 'imperfect-teacher' has a teacher "
+                             "that is systematically wrong on one problem type (README)")
     return parser
 
 
@@ -220,7 +221,7 @@ def run_bootstrap(args: argparse.Namespace) -> int:
 
     from scope_ray.bootstrap.build import BootstrapOptions, bootstrap, default_cache_dir
 
-    opts = BootstrapOptions.tiny_for_tests() if args.preset == "tiny" else BootstrapOptions()
+    opts = BootstrapOptions.preset(args.preset)
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     art = bootstrap(opts, cache, force=args.force)
     table = Table(title=f"scope-ray bootstrap ({args.preset})", show_header=False)

@@ -50,7 +50,9 @@ class BootstrapConfig:
     """The embedded default: a tiny task, teacher and student built locally."""
 
     cache_dir: str = ""  # default: $SCOPE_RAY_CACHE or ~/.cache/scope-ray
-    preset: Literal["default", "tiny"] = "default"
+    # default | tiny (tests) | imperfect-teacher (a teacher systematically wrong on one
+    # problem type: the paper's regime; scope_ray/bootstrap/build.py)
+    preset: Literal["default", "tiny", "imperfect-teacher"] = "default"
 
 
 MAX_STALENESS = 4

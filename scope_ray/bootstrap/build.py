@@ -12,6 +12,14 @@ makes concurrent callers (parallel tests, several Ray drivers) wait for one buil
 The student is weak for a learnable reason: it is smaller *and* trained for far fewer
 steps on the same correct solutions, so it makes arithmetic slips that on-policy
 distillation from the teacher can fix (no corrupted labels).
+
+Presets (:meth:`BootstrapOptions.preset`): ``default``; ``tiny`` (seconds, for tests);
+``imperfect-teacher``, the paper's regime: the same student, and a teacher that learned
+one systematic misconception (every multiplication by 3 or more written as an addition),
+so it is right on the other problems and wrong, the same way, on the third of problems
+that hold such a step. Its test files tag each problem's type in ``data_source``
+(``..._bigmul`` / ``..._rest``), so the bootstrap metrics and every evaluation of a run
+report accuracy per type.
 """
 
 from __future__ import annotations
@@ -43,6 +51,10 @@ OPTIONS_FILE = "options.json"
 BUILD_VERSION = 1
 # Knobs that change how fast a build runs, never what it produces.
 _UNHASHED = frozenset({"log_every", "num_threads"})
+# Options added after caches existed: hashed only when set, so existing caches of the
+# presets that leave them at their default stay valid.
+_HASHED_WHEN_SET = {"teacher_mul_as_add_from": 0}
+PRESETS = ("default", "tiny", "imperfect-teacher")
 
 
 def default_cache_dir() -> Path:
@@ -75,6 +87,10 @@ class BootstrapOptions:
     teacher_sft: SFTOptions = SFTOptions(steps=280, batch_size=64, lr=2e-3, warmup_steps=15)
     student_sft: SFTOptions = SFTOptions(steps=140, batch_size=64, lr=2e-3, warmup_steps=10,
                                          min_lr_ratio=1.0)
+    # > 0: the teacher's SFT solutions write every multiplication by this much or more as
+    # an addition (synthetic.misconceived_solution), and the data files tag each
+    # problem's type; the imperfect-teacher preset. 0: the teacher learns correct solutions.
+    teacher_mul_as_add_from: int = 0
     # Measure teacher greedy accuracy and student avg@K / pass@K on the test split after
     # building (stored in metrics.json; `scope-ray bootstrap` prints them).
     evaluate: bool = True
@@ -92,7 +108,20 @@ class BootstrapOptions:
                    student_sft=SFTOptions(steps=3, batch_size=16, lr=3e-3, warmup_steps=1),
                    evaluate=False, max_response_tokens=48)
 
+    @classmethod
+    def preset(cls, name: str) -> BootstrapOptions:
+        """The options of a named preset (:data:`PRESETS`; module docstring)."""
+        if name == "tiny":
+            return cls.tiny_for_tests()
+        if name == "imperfect-teacher":
+            return cls(teacher_mul_as_add_from=3)
+        if name == "default":
+            return cls()
+        raise ValueError(f"unknown bootstrap preset {name!r}; choose from {list(PRESETS)}")
+
     def validate(self) -> None:
+        if self.teacher_mul_as_add_from < 0:
+            raise ValueError(f"teacher_mul_as_add_from must be >= 0, got {self.teacher_mul_as_add_from}")
         self.teacher.validate("teacher")
         self.student.validate("student")
         self.teacher_sft.validate()
@@ -110,7 +139,8 @@ class BootstrapOptions:
     def cache_key(self) -> str:
         def strip(obj: Any) -> Any:
             if isinstance(obj, dict):
-                return {k: strip(v) for k, v in obj.items() if k not in _UNHASHED}
+                return {k: strip(v) for k, v in obj.items()
+                        if k not in _UNHASHED and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
             if isinstance(obj, (list, tuple)):
                 return [strip(v) for v in obj]
             return obj
@@ -189,20 +219,24 @@ def build_into(out: Path, opts: BootstrapOptions) -> dict[str, Any]:
     from scope_ray.bootstrap.models import init_model, save_model_dir
     from scope_ray.bootstrap.sft import problem_examples, train_sft
     from scope_ray.bootstrap.tokenizer import build_tokenizer
-    from scope_ray.data.synthetic import make_splits, write_parquet
+    from scope_ray.data.synthetic import make_splits, misconceived_solution, write_parquet
 
     start = time.perf_counter()
     train, test = make_splits(opts.n_train, opts.n_test, opts.levels, opts.seed)
-    write_parquet(train, out / "data" / "train.parquet", split="train")
-    write_parquet(test, out / "data" / "test.parquet", split="test")
+    wrong_from = opts.teacher_mul_as_add_from
+    write_parquet(train, out / "data" / "train.parquet", split="train", mul_type_from=wrong_from)
+    write_parquet(test, out / "data" / "test.parquet", split="test", mul_type_from=wrong_from)
     tokenizer = build_tokenizer()
     examples = problem_examples(train, tokenizer)
+    # The imperfect teacher learns the misconceived solutions of the same problems.
+    teacher_examples = examples if not wrong_from else problem_examples(
+        train, tokenizer, targets=[misconceived_solution(p, wrong_from) for p in train])
     metrics: dict[str, Any] = {}
     # The models get different init seeds; both see the same training problems.
-    for name, spec, sft, seed_offset in (("teacher", opts.teacher, opts.teacher_sft, 1),
-                                          ("student", opts.student, opts.student_sft, 2)):
+    for name, spec, sft, seed_offset, data in (("teacher", opts.teacher, opts.teacher_sft, 1, teacher_examples),
+                                                ("student", opts.student, opts.student_sft, 2, examples)):
         model = init_model(spec, seed=opts.seed * 1000 + seed_offset)
-        result = train_sft(model, examples, dataclasses.replace(sft, seed=sft.seed + opts.seed),
+        result = train_sft(model, data, dataclasses.replace(sft, seed=sft.seed + opts.seed),
                            pad_id=tokenizer.pad_token_id)
         save_model_dir(model, out / name)
         metrics[f"{name}_sft_seconds"] = round(result.seconds, 1)
@@ -242,7 +276,25 @@ def _measure_in_child(out: str, opts: BootstrapOptions) -> dict[str, float]:
                                  temperature=opts.eval_temperature,
                                  max_tokens=opts.max_response_tokens, engine_seed=opts.seed)
     k = opts.eval_k
-    return {"teacher_greedy_acc": round(teacher.avg_at_k, 4),
-            f"student_avg@{k}": round(student.avg_at_k, 4),
-            f"student_pass@{k}": round(student.pass_at_k, 4),
-            "eval_seconds": round(teacher.seconds + student.seconds, 1)}
+    out = {"teacher_greedy_acc": round(teacher.avg_at_k, 4),
+           f"student_avg@{k}": round(student.avg_at_k, 4),
+           f"student_pass@{k}": round(student.pass_at_k, 4),
+           "eval_seconds": round(teacher.seconds + student.seconds, 1)}
+    if opts.teacher_mul_as_add_from:  # each problem type on its own (data_source tags it)
+        for kind in ("bigmul", "rest"):
+            out[f"teacher_greedy_acc/{kind}"] = round(_by_type(teacher, kind, "avg@1"), 4)
+            out[f"student_avg@{k}/{kind}"] = round(_by_type(student, kind, f"avg@{k}"), 4)
+            out[f"{kind}_fraction"] = round(_type_fraction(teacher, kind), 4)
+    return out
+
+
+def _by_type(report: Any, kind: str, metric: str) -> float:
+    """A metric over the problems of one type (all levels), weighted by their count."""
+    counts = {s: len(v) for s, v in report.counts_by_source.items() if s.endswith(f"_{kind}")}
+    total = sum(counts.values())
+    return sum(report.per_source[s][metric] * n for s, n in counts.items()) / total if total else float("nan")
+
+
+def _type_fraction(report: Any, kind: str) -> float:
+    n = sum(len(v) for s, v in report.counts_by_source.items() if s.endswith(f"_{kind}"))
+    return n / max(1, report.n_problems)

@@ -37,7 +37,7 @@ def resolve_inputs(cfg: RunConfig) -> ResolvedInputs:
         return ResolvedInputs(cfg.model.student, teacher, list(cfg.data.train_files), list(cfg.data.eval_files))
     from scope_ray.bootstrap.build import BootstrapOptions, bootstrap, default_cache_dir
 
-    opts = BootstrapOptions.tiny_for_tests() if cfg.bootstrap.preset == "tiny" else BootstrapOptions()
+    opts = BootstrapOptions.preset(cfg.bootstrap.preset)
     cache = Path(cfg.bootstrap.cache_dir) if cfg.bootstrap.cache_dir else default_cache_dir()
     art = bootstrap(opts, cache)
     return ResolvedInputs(

@@ -128,6 +128,42 @@ def solve(first: int, steps: Sequence[tuple[str, int]]) -> tuple[int, str]:
     return value, " ".join(parts)
 
 
+def chain_of(problem: Problem) -> tuple[int, list[tuple[str, int]]]:
+    """The first value and the (operator, operand) steps of a problem, read back from
+    its question (``((3+4)*2)-5`` -> 3, [("+", 4), ("*", 2), ("-", 5)])."""
+    import re
+
+    expr = problem.question.removeprefix("Compute ").removesuffix(".").replace("(", "").replace(")", "")
+    first, *rest = re.split(r"([+\-*])", expr)
+    return int(first), [(rest[i], int(rest[i + 1])) for i in range(0, len(rest), 2)]
+
+
+def misconceived_solution(problem: Problem, mul_as_add_from: int) -> str:
+    """The problem's chain of thought by a solver that writes every multiplication by
+    ``mul_as_add_from`` or more as an addition (a*b=a+b), then carries on from that
+    value: a systematic misconception on one type of problem (see
+    :func:`has_big_multiplication`), the same wrong way every time."""
+    first, steps = chain_of(problem)
+    value, parts = first, []
+    for op, operand in steps:
+        result = value + operand if op == "*" and operand >= mul_as_add_from else apply_op(value, op, operand)
+        parts.append(f"{value}{op}{operand}={result}.")
+        value = result
+    parts.append(f"\\boxed{{{value}}}")
+    return " ".join(parts)
+
+
+def has_big_multiplication(problem: Problem, mul_from: int) -> bool:
+    """Whether the misconception of :func:`misconceived_solution` changes the answer path:
+    a multiplication by ``mul_from`` or more whose product is not the sum."""
+    value, steps = chain_of(problem)
+    for op, operand in steps:
+        if op == "*" and operand >= mul_from and value * operand != value + operand:
+            return True
+        value = apply_op(value, op, operand)
+    return False
+
+
 def random_problem(rng: random.Random, level_id: int, level: Level) -> Problem:
     first = rng.randint(1, level.max_operand)
     steps, value = [], first
@@ -183,15 +219,21 @@ def make_splits(n_train: int, n_test: int, levels: int | Iterable[int], seed: in
     return train, test
 
 
-def data_source(problem: Problem) -> str:
-    return f"{DATA_SOURCE}_l{problem.level}"
+def data_source(problem: Problem, mul_type_from: int = 0) -> str:
+    """``synthetic_arith_l<level>``; with ``mul_type_from`` > 0 also the problem's type,
+    ``_bigmul`` (a multiplication by that much or more, see :func:`has_big_multiplication`)
+    or ``_rest``, so evaluations report each type (the imperfect-teacher preset)."""
+    base = f"{DATA_SOURCE}_l{problem.level}"
+    if not mul_type_from:
+        return base
+    return f"{base}_{'bigmul' if has_big_multiplication(problem, mul_type_from) else 'rest'}"
 
 
-def to_rows(problems: Sequence[Problem], split: str) -> list[dict[str, Any]]:
+def to_rows(problems: Sequence[Problem], split: str, mul_type_from: int = 0) -> list[dict[str, Any]]:
     """verl rows: prompt messages, rule reward with the ground truth, source, extras."""
     return [
         {
-            "data_source": data_source(p),
+            "data_source": data_source(p, mul_type_from),
             "prompt": [{"role": "user", "content": p.question}],
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": p.ground_truth},
@@ -201,13 +243,13 @@ def to_rows(problems: Sequence[Problem], split: str) -> list[dict[str, Any]]:
     ]
 
 
-def write_parquet(problems: Sequence[Problem], path: str | Path, split: str = "train") -> Path:
+def write_parquet(problems: Sequence[Problem], path: str | Path, split: str = "train", mul_type_from: int = 0) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(to_rows(problems, split)), out)
+    pq.write_table(pa.Table.from_pylist(to_rows(problems, split, mul_type_from)), out)
     logger.info("wrote %d %s problems to %s", len(problems), split, out)
     return out
 

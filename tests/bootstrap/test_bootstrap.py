@@ -79,6 +79,17 @@ def test_cache_key_depends_on_what_is_built_only():
     assert quiet.cache_key() == base.cache_key()
 
 
+def test_imperfect_teacher_preset_keeps_the_default_cache_and_differs_only_in_the_teacher():
+    """The preset is the default with a teacher misconception: its own cache entry, while
+    the default's key (and so every cache already built) is unchanged by the new option."""
+    default, imperfect = BootstrapOptions.preset("default"), BootstrapOptions.preset("imperfect-teacher")
+    assert default == BootstrapOptions() and default.cache_key() == "a9fad1b863784bf5"
+    assert replace(imperfect, teacher_mul_as_add_from=0) == default
+    assert imperfect.cache_key() != default.cache_key()
+    with pytest.raises(ValueError, match="unknown bootstrap preset 'perfect'"):
+        BootstrapOptions.preset("perfect")
+
+
 def test_half_written_cache_without_marker_is_rebuilt(tmp_path):
     opts = BootstrapOptions.tiny_for_tests()
     root = tmp_path / f"bootstrap-{opts.cache_key()}"

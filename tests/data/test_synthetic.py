@@ -15,6 +15,7 @@ from scope_ray.data.synthetic import (
     generate_problems,
     make_splits,
     read_problems,
+    solve,
     write_parquet,
 )
 
@@ -109,3 +110,24 @@ def test_parquet_loads_through_the_data_loader(tmp_path):
     rendered = ds.render(ds[0]).text
     assert rendered.startswith(f"<|user|>{problems[0].question} Put your final answer")
     assert rendered.endswith("<|assistant|>")
+
+
+def test_the_misconception_changes_exactly_the_problems_of_its_type():
+    """imperfect-teacher: every multiplication by 3 or more written as an addition, the
+    rest of the chain carried on correctly from there; problems without one unchanged;
+    data_source tags the type."""
+    from scope_ray.data.synthetic import chain_of, data_source, has_big_multiplication, misconceived_solution
+
+    train, _ = make_splits(2000, 10, (2, 3), seed=0)
+    kinds = [has_big_multiplication(p, 3) for p in train]
+    assert 0.2 < sum(kinds) / len(kinds) < 0.45
+    for p, big in zip(train, kinds):
+        first, steps = chain_of(p)
+        assert solve(first, steps) == (p.answer, p.solution)
+        wrong = misconceived_solution(p, 3)
+        assert (wrong != p.solution) == big
+        assert data_source(p, 3) == f"synthetic_arith_l{p.level}_{'bigmul' if big else 'rest'}"
+        assert data_source(p) == f"synthetic_arith_l{p.level}"
+    p = next(p for p, big in zip(train, kinds) if big)
+    a, b = re.search(r"(\d+)\*(\d+)=", p.solution).groups()
+    assert f"{a}*{b}={int(a) + int(b)}." in misconceived_solution(p, 3)
