@@ -80,7 +80,7 @@ def test_dockerfiles_do_not_relist_versions(dockerfile: Path) -> None:
         assert f"{name}=={version}" not in body.lower(), f"{dockerfile.name} re-pins {name}"
     for version in {PINS["torch"], PINS["ray"], PINS["deepspeed"], PINS["vllm"]}:
         assert version not in body, f"{dockerfile.name} hard-codes version {version}"
-    # Every pip install installs this repository (".", ".[gpu]"), never a package by name.
+    # Every pip install installs this repository (".", ".[gpu,lora,wandb,mlflow]"), never a package by name.
     for target in _pip_install_targets(dockerfile):
         assert target.startswith("."), f"{dockerfile.name}: pip install {target}"
 
@@ -106,7 +106,7 @@ def _pip_install_targets(path: Path) -> list[str]:
 
 def test_pip_install_targets_are_parsed() -> None:
     # The check above must see the installs it is meant to police.
-    assert ".[gpu]" in _pip_install_targets(GPU) and "." in _pip_install_targets(GPU)
+    assert ".[gpu,lora,wandb,mlflow]" in _pip_install_targets(GPU) and "." in _pip_install_targets(GPU)
     assert "." in _pip_install_targets(CPU)
 
 
@@ -117,7 +117,7 @@ def test_gpu_image_installs_the_gpu_extra_from_setup_cfg() -> None:
     arg = next(rest for op, rest in instrs if op == "ARG" and rest.startswith("CUDA_IMAGE="))
     assert frm == "${CUDA_IMAGE}" and arg.split("=", 1)[1].startswith("nvidia/cuda:")
     copy_cfg = _index(instrs, "COPY", "setup.cfg")
-    install = _index(instrs, "RUN", 'pip install ".[gpu]"')
+    install = _index(instrs, "RUN", 'pip install ".[gpu,lora,wandb,mlflow]"')
     assert copy_cfg < install  # the dependency layer is keyed on setup.cfg
     # The project goes in after the dependency layer, without touching dependencies.
     assert _index(instrs, "COPY", ". .") > install
@@ -136,7 +136,7 @@ def test_gpu_image_takes_torch_from_the_index_of_its_cuda_and_prefetches_kernels
     image_cuda = args["CUDA_IMAGE"].split(":", 1)[1].split(".")[0]  # nvidia/cuda:13.0.1-... -> 13
     assert args["TORCH_CUDA"] == f"cu{image_cuda}0"
     assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/${TORCH_CUDA}"
-    install = instrs[_index(instrs, "RUN", 'pip install ".[gpu]"')][1]
+    install = instrs[_index(instrs, "RUN", 'pip install ".[gpu,lora,wandb,mlflow]"')][1]
     assert '--extra-index-url="${TORCH_INDEX}"' in install
     assert "torch.version.cuda" in install and "sys.exit" in install  # fails the build on a mismatch
     assert "vllm download-kernels" in install
