@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from scope_ray.algo import LossInputs, compute_loss, get_algorithm, loss_denominator
@@ -191,3 +193,38 @@ def test_micro_batch_and_shard_losses_add_up_to_the_full_batch_loss(aggregation:
     assert total.item() == pytest.approx(full.item(), rel=1e-6)
     assert torch.allclose(grad_parts, grad_full, atol=1e-7)
     assert grad_full.abs().sum() > 0
+
+
+def _brute_force_least_padding(widths: list[int], budget: int, max_parts: int) -> int:
+    """Every way to cut a longest-first list into at most max_parts contiguous parts."""
+    import itertools
+
+    n, best = len(widths), None
+    for parts in range(1, max_parts + 1):
+        for inner in itertools.combinations(range(1, n), parts - 1):
+            cuts = [0, *inner, n]
+            sizes = [(b - a, widths[a]) for a, b in zip(cuts, cuts[1:])]
+            if all(rows * w <= budget or rows == 1 for rows, w in sizes):
+                total = sum(rows * w for rows, w in sizes)
+                best = total if best is None else min(best, total)
+    return best
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 30), min_size=1, max_size=9), st.integers(1, 90))
+def test_micro_batches_have_the_least_padding_of_their_count(lengths: list[int], budget: int) -> None:
+    """Same number of passes as the greedy packing (never more), never more padding,
+    and the least padding any contiguous cut of the sorted rows allows (brute force)."""
+    from scope_ray.learner.batch import least_padding_cuts, pack_by_padded_tokens, padded_tokens
+
+    parts = micro_batch_indices(torch.tensor(lengths), budget)
+    assert sorted(int(i) for p in parts for i in p) == list(range(len(lengths)))
+    assert all(padded_tokens([lengths[i] for i in p.tolist()]) <= budget or len(p) == 1 for p in parts)
+    greedy = pack_by_padded_tokens(lengths, budget, longest_first=True)
+    ours = sum(padded_tokens([lengths[i] for i in p.tolist()]) for p in parts)
+    assert len(parts) <= len(greedy)
+    assert ours <= sum(padded_tokens([lengths[i] for i in b]) for b in greedy)
+    widths = sorted(lengths, reverse=True)
+    assert ours == _brute_force_least_padding(widths, budget, len(greedy))
+    cuts = least_padding_cuts(widths, budget, len(greedy))
+    assert cuts[0] == 0 and cuts[-1] == len(lengths) and cuts == sorted(cuts)
