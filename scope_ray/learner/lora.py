@@ -15,13 +15,14 @@ The adapter itself is exported beside the merged model (``hf/adapter/``, peft's 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from scope_ray.learner.zero3 import gathered
 
 # The suffix peft gives the weight it wraps, and the adapter weights' marker.
 _BASE = ".base_layer."
@@ -98,14 +99,6 @@ def _is_adapter_param(name: str) -> bool:
     return ".lora_" in name
 
 
-def _gathered(params: list[torch.nn.Parameter], zero3: bool):
-    if not zero3:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-
-
 def merged_parameters(module: torch.nn.Module, zero3: bool) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, merged tensor) for every parameter of the base model, adapters folded
     in; each adapted weight is gathered with its A and B only while the caller holds it
@@ -118,11 +111,11 @@ def merged_parameters(module: torch.nn.Module, zero3: bool) -> Iterator[tuple[st
         owner, _, leaf = name.partition(_BASE)
         layer = layers.get(owner) if leaf == "weight" else None
         if layer is None:
-            with _gathered([param], zero3):
+            with gathered([param], zero3):
                 yield name.replace(_BASE, "."), param.detach()
             continue
         a, b = layer.lora_A[_ADAPTER].weight, layer.lora_B[_ADAPTER].weight
-        with _gathered([param, a, b], zero3), torch.no_grad():
+        with gathered([param, a, b], zero3), torch.no_grad():
             delta = layer.get_delta_weight(_ADAPTER).float()
             yield f"{owner}.weight", (param.detach().float() + delta).to(param.dtype)
 
@@ -140,7 +133,7 @@ def adapter_state(module: torch.nn.Module, zero3: bool, keep: bool) -> dict[str,
     for name, param in module.named_parameters():
         if not _is_adapter_param(name):
             continue
-        with _gathered([param], zero3):
+        with gathered([param], zero3):
             if out is not None:
                 out[name] = param.detach().to("cpu", copy=True)
     return out

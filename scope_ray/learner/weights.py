@@ -15,7 +15,6 @@ rank 0 keeps the data.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from scope_ray.learner import lora
+from scope_ray.learner.zero3 import gathered
 
 # Files of an HF model dir that are weights or written by save_pretrained itself; all
 # other files (tokenizer, chat template, ...) are copied from the source model dir.
@@ -36,14 +36,6 @@ def persistent_buffers(module: torch.nn.Module) -> Iterator[tuple[str, torch.Ten
         for name, buf in sub._buffers.items():
             if buf is not None and name not in sub._non_persistent_buffers_set:
                 yield (f"{prefix}.{name}" if prefix else name), buf
-
-
-def _gathered(param: torch.nn.Parameter, zero3: bool):
-    if not zero3:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters([param], modifier_rank=None)
 
 
 def export_state(module: torch.nn.Module, zero3: bool, keep: bool) -> dict[str, torch.Tensor] | None:
@@ -68,7 +60,7 @@ def iter_state(module: torch.nn.Module, zero3: bool) -> Iterator[tuple[str, torc
         yield from lora.merged_parameters(module, zero3)
     else:
         for name, param in module.named_parameters():
-            with _gathered(param, zero3):
+            with gathered([param], zero3):
                 yield name, param.detach()
     yield from ((name, buf.detach()) for name, buf in persistent_buffers(lora.base_model(module)))
 
