@@ -191,7 +191,12 @@ def test_non_finite_steps_are_skipped_then_stop(parts, tiny_bootstrap, tmp_path,
     def poison_logprobs(worker: Any) -> None:  # nested: pickled by value for the actor
         core = worker.core
         clean = core._logprobs
-        core._logprobs = lambda mb: clean(mb) * float("nan")
+
+        def nan_logprobs(mb: Any) -> tuple:
+            logp, topk_logp = clean(mb)  # (sampled tokens, teacher's top-k: None unless distill=topk)
+            return logp * float("nan"), topk_logp
+
+        core._logprobs = nan_logprobs
 
     def poison_after_step_1(step: int, metrics: dict) -> None:
         if step == 1:
