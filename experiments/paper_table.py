@@ -101,7 +101,7 @@ STALENESS_ARMS: tuple[Arm, ...] = tuple(
 # LoRA students (learner.lora) against full fine-tuning, each over a few learning rates:
 # LoRA's best lr is usually ~10x full fine-tuning's.
 LORA_ARMS: tuple[Arm, ...] = (
-    *(Arm(f"full-lr{lr}", ("algorithm.name=scope", f"learner.lr={lr}"), "full fine-tuning") for lr in ("5e-5", "1e-4", "2e-4")),
+    *(Arm(f"full-lr{lr}", ("algorithm.name=scope", f"learner.lr={lr}"), "full fine-tuning") for lr in ("5e-5", "1e-4", "2e-4", "4e-4")),
     *(Arm(f"lora-r8-lr{lr}", ("algorithm.name=scope", "learner.lora.rank=8", "learner.lora.alpha=16", f"learner.lr={lr}"),
           "LoRA rank 8, alpha 16, all linear layers") for lr in ("2.5e-4", "5e-4", "1e-3", "2e-3")),
 )
