@@ -177,20 +177,26 @@ def test_a_checkpoint_holds_the_adapters_and_resumes_the_same_update(lora_group,
     assert 0 < states < model_bytes / 5, (states, model_bytes)  # no base weights inside
 
 
-def test_zero3_over_two_ranks_makes_the_one_rank_update(ray_session, lora_group, tiny_model_dir) -> None:
+def test_zero3_over_two_ranks_makes_the_one_rank_update_and_keeps_the_previous_policy(ray_session, lora_group, tiny_model_dir) -> None:
     group, ckpt = lora_group
     group.load_checkpoint(str(ckpt), tag="init")
     batch = _batch(group)
     one = group.train_step(batch, micro_batch_tokens=24)
     want = group.export_weights()
-    zero3 = LearnerGroup(str(tiny_model_dir), LearnerOptions(**{**OPTIONS.__dict__, "zero_stage": 3}), 2,
+    # keep_previous_policy (learner.old_logp=recompute at staleness 1): the kept copy is
+    # the merged model the step replaced.
+    zero3 = LearnerGroup(str(tiny_model_dir),
+                         LearnerOptions(**{**OPTIONS.__dict__, "zero_stage": 3, "keep_previous_policy": True}), 2,
                          timeout_s=300)
     try:
+        before = zero3.compute_logprobs(batch)
         two = zero3.train_step(batch, micro_batch_tokens=24)
         got = zero3.export_weights()
         counts = zero3.parameter_counts()
+        previous = zero3.compute_logprobs(batch, policy="previous")
     finally:
         zero3.shutdown()
+    torch.testing.assert_close(previous, before, atol=1e-6, rtol=0)
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
     assert _max_diff(got, want) < 3e-5  # Adam's first step near eps (tests/learner/test_learner.py)
     # The adapters' optimizer state is split over the two ranks.
