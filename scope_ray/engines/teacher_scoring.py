@@ -83,7 +83,8 @@ class HFScorer:
         k = max(r.topk for r in batch)
         with torch.inference_mode():
             logp = token_logprobs(self.model, ids, mask, self.temperature).float().cpu()
-            # A second pass for the top k (teacher time: bench/rollout_batching.py reports it).
+            # A second body forward for the top k: 2.0x the scoring time at k 20 (bench/topk_cost.py);
+            # one pass that gathers both is the known saving, not made yet.
             top = token_topk(self.model, ids, mask, k, self.temperature) if k else None
         out: list[np.ndarray | TeacherScore] = []
         for row, r in enumerate(batch):
