@@ -82,10 +82,12 @@ class HFScorer:
         ids, mask = ids.to(self.device), mask.to(self.device)
         k = max(r.topk for r in batch)
         with torch.inference_mode():
-            logp = token_logprobs(self.model, ids, mask, self.temperature).float().cpu()
-            # A second body forward for the top k: 2.0x the scoring time at k 20 (bench/topk_cost.py);
-            # one pass that gathers both is the known saving, not made yet.
-            top = token_topk(self.model, ids, mask, k, self.temperature) if k else None
+            top = None
+            if k:  # one forward pass gives the top k and the sampled tokens' log-probs
+                *top, logp = token_topk(self.model, ids, mask, k, self.temperature, with_sampled=True)
+            else:
+                logp = token_logprobs(self.model, ids, mask, self.temperature)
+            logp = logp.float().cpu()
         out: list[np.ndarray | TeacherScore] = []
         for row, r in enumerate(batch):
             span = slice(len(r.prompt_ids), r.num_tokens)

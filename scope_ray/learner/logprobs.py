@@ -128,11 +128,16 @@ def _logprobs_of(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
 
 @torch.no_grad()
 def token_topk(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int,
-               temperature: float = 1.0, chunk_elements: int = LOGIT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+               temperature: float = 1.0, chunk_elements: int = LOGIT_CHUNK_ELEMENTS,
+               with_sampled: bool = False) -> tuple[torch.Tensor, ...]:
     """The ``k`` most likely tokens at every position and their log-probs under
     softmax(logits / temperature): ([B, L, k] long ids, [B, L, k] float32), aligned like
     :func:`token_logprobs` (position p: the distribution of the token at p, given the
-    ones before), most likely first; ids 0 and log-probs 0 at p = 0 and on padding."""
+    ones before), most likely first; ids 0 and log-probs 0 at p = 0 and on padding.
+
+    ``with_sampled``: also ``input_ids``' own log-probs, [B, L], from the same forward
+    pass (the teacher's scores for top-k distillation; the values token_logprobs gives,
+    by the same formula on the same logits, so one pass serves both)."""
     _check_temperature(temperature)
     hf = _hf_model(model)
     valid = attention_mask[:, 1:].bool()
@@ -147,20 +152,32 @@ def token_topk(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: 
     if not 1 <= k <= vocab:
         raise ValueError(f"k must be in [1, {vocab}] (the vocabulary), got {k}")
     step = max(1, chunk_elements // vocab)
-    ids, logps = [], []
+    target = input_ids[:, 1:][valid].unsqueeze(-1)  # [N, 1]: each position's own next token
+    ids, logps, picked = [], [], []
     for start in range(0, rows.shape[0], step):
         logits = rows[start:start + step]
         if head is not None:
             logits = F.linear(logits, head.weight, head.bias)
-        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-        top = logp.topk(k, dim=-1)
+        logits = logits.float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        # log_softmax as _target_logprobs computes it (logit - logsumexp), so the sampled
+        # tokens' values equal token_logprobs' exactly.
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        top = logits.topk(k, dim=-1)
         ids.append(top.indices)
-        logps.append(top.values)
+        logps.append(top.values - lse)
+        if with_sampled:
+            picked.append(logits.gather(-1, target[start:start + step]) - lse)
     b, length = input_ids.shape
     out_ids = torch.zeros((b, length - 1, k), dtype=torch.long, device=rows.device)
     out_logp = torch.zeros((b, length - 1, k), dtype=torch.float32, device=rows.device)
+    out_sampled = torch.zeros((b, length - 1), dtype=torch.float32, device=rows.device)
     where = valid.unsqueeze(-1).expand_as(out_ids)
     if ids:
         out_ids = out_ids.masked_scatter(where, torch.cat(ids))
         out_logp = out_logp.masked_scatter(where, torch.cat(logps))
-    return F.pad(out_ids, (0, 0, 1, 0), value=0), F.pad(out_logp, (0, 0, 1, 0), value=0.0)
+        if with_sampled:
+            out_sampled = out_sampled.masked_scatter(valid, torch.cat(picked)[:, 0])
+    top_ids, top_logp = F.pad(out_ids, (0, 0, 1, 0), value=0), F.pad(out_logp, (0, 0, 1, 0), value=0.0)
+    return (top_ids, top_logp, F.pad(out_sampled, (1, 0), value=0.0)) if with_sampled else (top_ids, top_logp)

@@ -109,6 +109,12 @@ def test_topk_and_support_logprobs_are_the_full_softmax(whole: bool) -> None:
     torch.testing.assert_close(top_logp[:, 1:][valid], want.values[valid], atol=1e-5, rtol=0)
     assert torch.equal(top_ids[:, 1:][valid], want.indices[valid])
     assert (top_logp[:, 0] == 0).all() and (top_logp[1, 17:] == 0).all()
+    # The teacher's one pass: the same top k, and the sampled tokens' log-probs exactly
+    # token_logprobs' (same formula, same logits).
+    *again, sampled = token_topk(model, ids, mask, 4, 0.6, chunk_elements=5 * vocab, with_sampled=True)
+    assert torch.equal(again[0], top_ids) and torch.equal(again[1], top_logp)
+    with torch.no_grad():
+        assert torch.equal(sampled, token_logprobs(model, ids, mask, 0.6, chunk_elements=5 * vocab))
     with pytest.raises(ValueError, match=r"k must be in \[1, "):
         token_topk(model, ids, mask, vocab + 1)
 
