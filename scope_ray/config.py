@@ -330,9 +330,9 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     _require(lr.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
     _require(len(lr.betas) == 2 and all(0 <= b < 1 for b in lr.betas), "learner.betas", "must be two numbers in [0, 1)")
     _require(lr.grad_clip >= 0, "learner.grad_clip", "must be >= 0 (0 = off)")
-    lora_problem = LoraOptions(lr.lora.rank, lr.lora.alpha, lr.lora.dropout, tuple(lr.lora.target_modules)).problem()
-    _require(lora_problem is None, f"learner.lora.{(lora_problem or '').split(':')[0]}",
-             (lora_problem or "").partition(": ")[2])
+    lora_problem = LoraOptions.from_config(lr.lora).problem()
+    if lora_problem is not None:
+        raise ConfigError(f"learner.lora.{lora_problem[0]}: {lora_problem[1]}")
     _require(lr.grad_accum_dtype == "float32" or m.dtype == "bfloat16", "learner.grad_accum_dtype",
              f"bfloat16 needs model.dtype bfloat16 (a {m.dtype} model sums its gradients in its own dtype)")
     _require(not (m.dtype == "bfloat16" and lr.zero_stage == 1 and lr.grad_accum_dtype == "float32"),

@@ -51,11 +51,12 @@ def attach_teacher(group: RolloutGroup, indices: Sequence[int], scores: Sequence
         top = s.topk if isinstance(s, TeacherScore) else None
         logp = s.logp if isinstance(s, TeacherScore) else s
         n = len(group.rollouts[i].response_ids)
-        if len(logp) != n or (top is not None and (top.ids.shape[0] != n or top.ids.shape != top.logp.shape)):
-            got = len(logp) if top is None or len(logp) != n else top.ids.shape[0]
-            raise ValueError(
-                f"teacher returned {got} log-probs for a {n}-token response (prompt {group.uid}, rollout {i})"
-            )
+        where = f"a {n}-token response (prompt {group.uid}, rollout {i})"
+        if len(logp) != n:
+            raise ValueError(f"teacher returned {len(logp)} log-probs for {where}")
+        if top is not None and (top.ids.shape[0] != n or top.ids.shape != top.logp.shape):
+            raise ValueError(f"teacher returned top-k ids {tuple(top.ids.shape)} and log-probs "
+                             f"{tuple(top.logp.shape)} for {where}")
         group.teacher_logp[i] = np.asarray(logp, dtype=np.float32)
         if top is not None:
             if len(group.teacher_topk) != len(group.rollouts):

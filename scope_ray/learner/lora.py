@@ -37,24 +37,29 @@ class LoraOptions:
     # Module names to adapt; ("all-linear",) = every linear layer but the output head.
     target_modules: tuple[str, ...] = ("all-linear",)
 
+    @classmethod
+    def from_config(cls, lora: Any) -> LoraOptions:
+        """From the config tree's ``learner.lora`` (scope_ray.config.LoraConfig)."""
+        return cls(lora.rank, lora.alpha, lora.dropout, tuple(lora.target_modules))
+
     @property
     def enabled(self) -> bool:
         return self.rank > 0
 
-    def problem(self) -> str | None:
-        """What is wrong with these options, as '<key>: <why>', or None."""
+    def problem(self) -> tuple[str, str] | None:
+        """What is wrong with these options, as (key under learner.lora, why), or None."""
         if self.rank < 0:
-            return f"rank: must be >= 0 (0 = off), got {self.rank}"
+            return "rank", f"must be >= 0 (0 = off), got {self.rank}"
         if not self.enabled:
             return None
         if self.alpha <= 0:
-            return f"alpha: must be > 0, got {self.alpha}"
+            return "alpha", f"must be > 0, got {self.alpha}"
         if not 0 <= self.dropout < 1:
-            return f"dropout: must be in [0, 1), got {self.dropout}"
+            return "dropout", f"must be in [0, 1), got {self.dropout}"
         if not self.target_modules or not all(self.target_modules):
-            return "target_modules: must name at least one module (or all-linear)"
+            return "target_modules", "must name at least one module (or all-linear)"
         if missing_peft():
-            return "rank: LoRA needs peft, which is not installed: pip install 'scope-ray[lora]'"
+            return "rank", "LoRA needs peft, which is not installed: pip install 'scope-ray[lora]'"
         return None
 
 

@@ -98,8 +98,7 @@ class LearnerOptions:
             algorithm=algo.name, aggregation=algo.aggregation, clip_eps=algo.clip_eps, kl_beta=algo.kl_beta,
             seed=cfg.trainer.seed, num_cpus=lr.num_cpus, num_gpus=lr.num_gpus,
             temperature=cfg.rollout.temperature,
-            lora=LoraOptions(rank=lr.lora.rank, alpha=lr.lora.alpha, dropout=lr.lora.dropout,
-                             target_modules=tuple(lr.lora.target_modules)),
+            lora=LoraOptions.from_config(lr.lora),
             keep_previous_policy=(lr.old_logp == "recompute" and cfg.trainer.max_staleness >= 1
                                   and cfg.trainer.schedule == "stream"),
         )

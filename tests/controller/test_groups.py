@@ -8,7 +8,7 @@ import torch
 
 from scope_ray.algo import get_algorithm
 from scope_ray.controller.groups import attach_teacher, batch_metrics, teacher_requests, weigh_groups
-from scope_ray.types import Rollout, RolloutGroup
+from scope_ray.types import Rollout, RolloutGroup, TeacherScore, TeacherTopK
 
 
 def _group(gidx, rewards, lens, version=0):
@@ -49,6 +49,9 @@ def test_attach_teacher_checks_lengths():
     g = _group(0, [0], [3])
     with pytest.raises(ValueError, match="teacher returned 2 log-probs for a 3-token response"):
         attach_teacher(g, [0], [np.zeros(2)])
+    top = TeacherTopK(np.zeros((2, 4), np.int32), np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"teacher returned top-k ids \(2, 4\) and log-probs \(2, 4\) for a 3-token"):
+        attach_teacher(g, [0], [TeacherScore(np.zeros(3, np.float32), top)])
 
 
 def test_weigh_groups_matches_scope_weights_on_flat_tensors():
