@@ -33,7 +33,7 @@ from scope_ray.engines.vllm_engine import EngineOptions
 from scope_ray.log_routing import capture_process_output
 from scope_ray.types import GenerationRequest, Rollout
 
-__all__ = ["RolloutWorker", "SamplingConfig", "request_seed", "start_collect", "start_stream"]
+__all__ = ["RolloutWorker", "SamplingConfig", "request_seed", "start_call", "start_collect", "start_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +42,28 @@ logger = logging.getLogger(__name__)
 MAX_OPEN_CALLS = 256
 
 
+def start_call(worker: Any, requests: list[GenerationRequest], sampling: dict[str, Any] | None = None,
+               stream: bool = True) -> tuple[Any, Any]:
+    """Queue a call on ``worker`` (in order): (an ObjectRef of its call id, for
+    :meth:`RolloutWorker.pause`; its results, as :func:`start_stream` or :func:`start_collect`)."""
+    call = worker.submit.remote(requests, sampling)
+    return call, (worker.stream if stream else worker.collect).remote(call)
+
+
 def start_stream(worker: Any, requests: list[GenerationRequest], sampling: dict[str, Any] | None = None) -> Any:
     """Queue a call on ``worker`` (in order) and stream its samples back: an
     ObjectRefGenerator of ``[(position in requests, sample index, rollout), ...]``."""
-    return worker.stream.remote(worker.submit.remote(requests, sampling))
+    return start_call(worker, requests, sampling, stream=True)[1]
 
 
 def start_collect(worker: Any, requests: list[GenerationRequest], sampling: dict[str, Any] | None = None) -> Any:
     """Queue a call on ``worker`` (in order); an ObjectRef of its G rollouts per request."""
-    return worker.collect.remote(worker.submit.remote(requests, sampling))
+    return start_call(worker, requests, sampling, stream=False)[1]
 
 
-@ray.remote(concurrency_groups={"streams": MAX_OPEN_CALLS})
+# "control": pause, which must not wait behind a weight update queued in the default group
+# (that update waits for the very calls being paused).
+@ray.remote(concurrency_groups={"streams": MAX_OPEN_CALLS, "control": 1})
 class RolloutWorker:
     def __init__(self, engine: EngineOptions, sampling: SamplingConfig | dict[str, Any], worker_index: int = 0,
                  max_calls_in_flight: int = -1) -> None:
@@ -98,6 +108,12 @@ class RolloutWorker:
     def collect(self, call_id: int) -> list[list[Rollout]]:
         """All of call ``call_id``'s rollouts, G per request in request order."""
         return gather(self.engine.results(self._open.pop(call_id)))
+
+    @ray.method(concurrency_group="control")
+    def pause(self, call_id: int) -> None:
+        """rollout.partial_rollouts: end call ``call_id`` now; its unfinished samples come
+        back through its stream / collect as ``"paused"`` rollouts, to be resumed later."""
+        self.engine.pause(call_id)
 
     def generate(self, requests: list[GenerationRequest],
                  sampling: SamplingConfig | dict[str, Any] | None = None) -> list[list[Rollout]]:

@@ -47,6 +47,11 @@ SCHEDULES: dict[str, list[str]] = {
     # Generation further ahead (trainer.max_staleness up to 4); not in the default set.
     "stream_s2": ["trainer.schedule=stream", "trainer.max_staleness=2"],
     "stream_s4": ["trainer.schedule=stream", "trainer.max_staleness=4"],
+    # rollout.partial_rollouts: a quarter more groups in flight, the stragglers paused
+    # once the step has its groups and finished in the next stream; not in the default set.
+    "stream_s1_partial": ["trainer.schedule=stream", "trainer.max_staleness=1", "rollout.partial_rollouts=true"],
+    "stream_s2_partial": ["trainer.schedule=stream", "trainer.max_staleness=2", "rollout.partial_rollouts=true"],
+    "stream_s4_partial": ["trainer.schedule=stream", "trainer.max_staleness=4", "rollout.partial_rollouts=true"],
 }
 DEFAULT_SCHEDULES = ["sequential", "stream_s0", "stream_s1", "stream_s0_whole", "stream_s1_whole"]
 RATIO_TARGET = 1.25

@@ -95,6 +95,13 @@ SWEEP_ARMS: tuple[Arm, ...] = tuple(
 STALENESS_ARMS: tuple[Arm, ...] = tuple(
     Arm(f"scope-s{k}", ("algorithm.name=scope", f"trainer.max_staleness={k}"), f"max_staleness {k}")
     for k in (0, 1, 2, 4)
+) + tuple(
+    # rollout.partial_rollouts: a quarter more groups in flight, the stragglers paused and
+    # finished in the next stream (every call of a worker decoding together, so they are
+    # paused mid-sample rather than before they start).
+    Arm(f"scope-s{k}-partial", ("algorithm.name=scope", f"trainer.max_staleness={k}", "rollout.partial_rollouts=true",
+                                "rollout.max_calls_in_flight=0"), f"max_staleness {k}, partial rollouts")
+    for k in (1, 2, 4)
 )
 
 
@@ -454,7 +461,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     table_kind = ap.add_mutually_exclusive_group()
     table_kind.add_argument("--sweep", action="store_true", help="the tau x normalize table of scope instead of the main one")
     table_kind.add_argument("--staleness", action="store_true",
-                            help="scope at trainer.max_staleness 0, 1, 2 and 4 instead of the main table")
+                            help="scope at trainer.max_staleness 0, 1, 2 and 4, and with partial rollouts at 1, 2 "
+                                 "and 4, instead of the main table")
     table_kind.add_argument("--lora", action="store_true",
                             help="scope with LoRA students (rank 8) and full fine-tuning over learning rates")
     ap.add_argument("--arms", help="comma list of arms to run (default: every arm of the table)")

@@ -84,6 +84,14 @@ class RolloutConfig:
     max_calls_in_flight: int = -1
     # Workers yield each sample as soon as it is finished (false: whole requests).
     stream_rollouts: bool = True
+    # Partial rollouts (slime, AReaL): each step's stream holds extra_prompts more groups
+    # than it trains, and once prompts_per_step of them are generated the stragglers are
+    # paused and finished first in the next stream, under newer weights (per-token
+    # log-probs keep rho exact). Needs learner.old_logp 'rollout'. Long responses are then
+    # trained a step later and with older tokens, and runs are not bit-reproducible
+    # (scope_ray/controller/stream.py).
+    partial_rollouts: bool = False
+    extra_prompts: int = -1  # with partial_rollouts; -1: a quarter of prompts_per_step (at least 1)
     num_cpus: float = 0.5
     num_gpus: float = 0.0
     # How new weights reach the workers: "safetensors" buckets through Ray's object store,
@@ -94,6 +102,12 @@ class RolloutConfig:
     # Ray custom resources each worker asks for, e.g. {"rollout_node": 1} to pin the
     # workers to nodes started with --resources='{"rollout_node": 8}'.
     resources: dict[str, float] = field(default_factory=dict)
+
+    def partial_extra_prompts(self, prompts_per_step: int) -> int:
+        """The groups a step's stream holds beyond those it trains (0: no partial rollouts)."""
+        if not self.partial_rollouts:
+            return 0
+        return max(1, prompts_per_step // 4) if self.extra_prompts < 0 else self.extra_prompts
 
     def request_prompts(self, prompts: int) -> int:
         """Prompts per generate call when ``prompts`` are spread over the workers."""
@@ -364,6 +378,20 @@ def _validate(cfg: RunConfig, check_paths: bool) -> None:
     # A broadcast needs the workers idle; with more than one step ahead they never are.
     _require(tr.max_staleness <= 1 or r.weight_sync == "safetensors", "trainer.max_staleness",
              f"{tr.max_staleness} needs rollout.weight_sync 'safetensors' (a broadcast waits for idle workers)")
+    _require(r.extra_prompts >= -1, "rollout.extra_prompts", "must be -1 (a quarter of the step) or >= 0")
+    _require(r.extra_prompts <= 0 or r.partial_rollouts, "rollout.extra_prompts",
+             "needs rollout.partial_rollouts=true (without it the extra groups would be generated and thrown away)")
+    if r.partial_rollouts:
+        _require(r.extra_prompts != 0, "rollout.extra_prompts",
+                 "0 leaves nothing to pause with rollout.partial_rollouts; use >= 1 or -1")
+        _require(r.extra_prompts <= tr.prompts_per_step, "rollout.extra_prompts",
+                 f"at most trainer.prompts_per_step ({tr.prompts_per_step}): the groups carried into a step are "
+                 "trained in it")
+        # A resumed sample's tokens come from two policies; the learner keeps one earlier.
+        _require(lr.old_logp == "rollout", "rollout.partial_rollouts",
+                 "needs learner.old_logp 'rollout' (a resumed sample's tokens come from two policies)")
+        _require(tr.schedule == "stream", "rollout.partial_rollouts",
+                 "needs trainer.schedule 'stream' (the sequential schedule is the benchmark baseline)")
     _require(tr.eval_every >= 0, "trainer.eval_every", "must be >= 0")
     _require(tr.eval_k >= 1, "trainer.eval_k", "must be >= 1")
     _require(tr.save_every >= 0, "trainer.save_every", "must be >= 0")

@@ -19,8 +19,17 @@ class Rollout:
     # log pi_old(a_t) under the distribution that sampled it (vLLM processed log-probs: tempered).
     response_logp: np.ndarray
     text: str
-    finish_reason: str  # "stop" or "length"
-    policy_version: int
+    finish_reason: str  # "stop", "length", or "paused" (rollout.partial_rollouts: unfinished, to resume)
+    policy_version: int  # the weights that generated its tokens (its last segment, if it was resumed)
+    # rollout.partial_rollouts: a sample paused in one step and resumed under newer weights
+    # in a later one has tokens of two versions; this is the older one (None: one version).
+    # response_logp stays exact per token either way (each token's own behaviour policy).
+    first_version: int | None = None
+
+    @property
+    def oldest_version(self) -> int:
+        """The policy version of its oldest token (what staleness is measured from)."""
+        return self.policy_version if self.first_version is None else self.first_version
 
 
 @dataclass
@@ -33,6 +42,10 @@ class GenerationRequest:
     # Sampling seed for this prompt's group (None: the engine's own stream). A per-prompt
     # seed makes a group reproducible whichever worker or batch it lands in (resume).
     seed: int | None = None
+    # rollout.partial_rollouts: a paused sample to continue (n must be 1). The engine
+    # decodes on from prompt + its tokens, for the max_tokens it has left, and returns the
+    # whole sample: its tokens and log-probs followed by the new ones.
+    resume: Rollout | None = None
 
 
 @dataclass

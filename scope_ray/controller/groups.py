@@ -122,7 +122,7 @@ def batch_metrics(spec: AlgorithmSpec, wb: WeightedBatch, learner_version: int) 
     groups = wb.groups
     n = len(wb.correct)
     lengths = [len(r.response_ids) for g in groups for r in g.rollouts]
-    versions = [r.policy_version for g in groups for r in g.rollouts]
+    versions = [r.oldest_version for g in groups for r in g.rollouts]  # a resumed sample: its oldest tokens
     truncated = [r.finish_reason == "length" for g in groups for r in g.rollouts]
     per_group_acc = [float(np.mean(g.rewards)) for g in groups]
     out: dict[str, float] = {
@@ -178,6 +178,9 @@ def step_metrics(spec: AlgorithmSpec, wb: WeightedBatch, learner_metrics: dict[s
         "time/score_busy_s": clock.score_calls,
         "time/score_tail_s": clock.score_tail_s,
         "time/verify_s": clock.verify_s,
+        # rollout.partial_rollouts: samples this step paused, and paused ones it resumed
+        "rollout/paused_samples": float(clock.paused_samples),
+        "rollout/resumed_samples": float(clock.resumed_samples),
         "time/train_s": train_s,
         "time/sync_s": sync_s,
         "perf/rollout_tokens_per_s": out["rollout/tokens"] / max(step_s, 1e-9),

@@ -13,6 +13,10 @@ Format, per prefetched step i (0 = the next one): ``prefetched.json`` /
 ``prefetched.safetensors`` for i = 0, ``prefetched.<i>.json`` / ``.safetensors`` after
 it (the groups' text fields and layout, and their arrays); no pickle, covered by the
 manifest.
+
+``rollout.partial_rollouts``: the groups paused and not yet finished (``carried.json`` /
+``.safetensors``, same format): each paused sample's tokens and log-probs so far, which
+the first stream after the resume decodes on from.
 """
 
 from __future__ import annotations
@@ -28,18 +32,19 @@ from safetensors.torch import load_file, save_file
 from scope_ray.controller.stream import StageClock
 from scope_ray.types import Rollout, RolloutGroup, TeacherTopK
 
-META = "prefetched.json"
-ARRAYS = "prefetched.safetensors"
+PREFETCHED = "prefetched"
+CARRIED = "carried"
 OLD_LOGP = "old_logp"
 
 
-def _names(i: int) -> tuple[str, str]:
+def _names(i: int, stem: str) -> tuple[str, str]:
     if i == 0:
-        return META, ARRAYS
-    return f"prefetched.{i}.json", f"prefetched.{i}.safetensors"
+        return f"{stem}.json", f"{stem}.safetensors"
+    return f"{stem}.{i}.json", f"{stem}.{i}.safetensors"
 
 
-def save(directory: Path, groups: list[RolloutGroup], old_logp: torch.Tensor | None, index: int = 0) -> None:
+def save(directory: Path, groups: list[RolloutGroup], old_logp: torch.Tensor | None, index: int = 0,
+         stem: str = PREFETCHED) -> None:
     arrays: dict[str, torch.Tensor] = {}
     meta: list[dict[str, Any]] = []
     for i, g in enumerate(groups):
@@ -54,13 +59,14 @@ def save(directory: Path, groups: list[RolloutGroup], old_logp: torch.Tensor | N
             if top is not None:
                 arrays[f"{i}.{j}.topk_ids"] = torch.from_numpy(np.asarray(top.ids, dtype=np.int32).copy())
                 arrays[f"{i}.{j}.topk_logp"] = torch.from_numpy(np.asarray(top.logp, dtype=np.float32).copy())
-            rollouts.append({"text": r.text, "finish_reason": r.finish_reason, "policy_version": r.policy_version})
+            rollouts.append({"text": r.text, "finish_reason": r.finish_reason, "policy_version": r.policy_version,
+                             "first_version": r.first_version})
         meta.append({"uid": g.uid, "group_index": g.group_index, "prompt_ids": list(g.prompt_ids),
                      "ground_truth": g.ground_truth, "data_source": g.data_source, "rewards": list(g.rewards),
                      "reasons": list(g.reasons), "rollouts": rollouts})
     if old_logp is not None:
         arrays[OLD_LOGP] = old_logp.detach().to(torch.float32).contiguous()
-    meta_name, arrays_name = _names(index)
+    meta_name, arrays_name = _names(index, stem)
     save_file(arrays, str(directory / arrays_name))
     (directory / meta_name).write_text(json.dumps(meta))
 
@@ -73,16 +79,17 @@ def load_all(directory: Path) -> list[tuple[list[RolloutGroup], torch.Tensor | N
     return out
 
 
-def load(directory: Path, index: int = 0) -> tuple[list[RolloutGroup], torch.Tensor | None] | None:
+def load(directory: Path, index: int = 0, stem: str = PREFETCHED) -> tuple[list[RolloutGroup], torch.Tensor | None] | None:
     """The groups and old log-probs of prefetched step ``index``, or None if there is none."""
-    meta_name, arrays_name = _names(index)
+    meta_name, arrays_name = _names(index, stem)
     if not (directory / meta_name).is_file():
         return None
     arrays = load_file(str(directory / arrays_name))
     groups = []
     for i, g in enumerate(json.loads((directory / meta_name).read_text())):
         rollouts = [Rollout(arrays[f"{i}.{j}.ids"].tolist(), arrays[f"{i}.{j}.logp"].numpy(), r["text"],
-                            r["finish_reason"], int(r["policy_version"])) for j, r in enumerate(g["rollouts"])]
+                            r["finish_reason"], int(r["policy_version"]), r.get("first_version"))
+                    for j, r in enumerate(g["rollouts"])]
         teacher = [arrays[f"{i}.{j}.teacher"].numpy() if f"{i}.{j}.teacher" in arrays else None
                    for j in range(len(rollouts))]
         topk = [TeacherTopK(arrays[f"{i}.{j}.topk_ids"].numpy(), arrays[f"{i}.{j}.topk_logp"].numpy())
@@ -105,3 +112,6 @@ class StoredStep:
 
     def collect(self) -> list[RolloutGroup]:
         return self.groups
+
+    def take_carried(self) -> list[RolloutGroup]:
+        return []  # the checkpoint keeps carried groups apart (CARRIED)

@@ -23,6 +23,19 @@ and a sample that is already in is not taken twice. So every group of the step i
 counted exactly once (checked in :meth:`StepStream.collect`). A scoring call whose
 teacher replica died goes to the next replica (Ray itself first retries it on the
 restarted replica, ``max_task_retries``).
+
+Partial rollouts (``rollout.partial_rollouts``, as slime and AReaL do it): a stream is
+given more groups than the step trains (``rollout.extra_prompts`` more) and ``needed``,
+the number it trains. Once ``needed`` groups are generated, its calls are paused: the
+unfinished samples come back as ``"paused"`` rollouts (tokens and log-probs so far), and
+the groups that were not chosen are *carried* (:meth:`StepStream.take_carried`) into the
+next stream the trainer starts, which resumes their paused samples first, under its
+newer weights, and must train them (they are never paused twice). Each token keeps the
+log-prob of the policy that sampled it, so rho stays exact. The step trains the groups
+carried into it plus the first to be generated, so short groups are trained sooner and
+long ones a step later, with older tokens (``rollout/staleness_max``): no group is dropped
+or replaced, but long responses are more off-policy than short ones, and which groups
+finish first depends on timing, so such a run is not bit-reproducible.
 """
 
 from __future__ import annotations
@@ -31,12 +44,13 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import ray
 
-from actors.rollout import start_collect, start_stream
+from actors.rollout import start_call
 from scope_ray.algo import AlgorithmSpec
 from scope_ray.controller.groups import attach_teacher, teacher_requests
 from scope_ray.errors import RemoteCallError, first_line
@@ -65,6 +79,8 @@ class StageClock:
     generate_calls: float = 0.0  # time each worker had a call in flight, summed over workers
     score_calls: float = 0.0  # summed scoring call durations
     verify_s: float = 0.0
+    paused_samples: int = 0  # rollout.partial_rollouts: samples paused to be resumed later
+    resumed_samples: int = 0  # ... and paused samples (with tokens) carried in and resumed
 
     # Per worker: calls in flight and when it last went from none to some. A worker's
     # calls decode together, so its busy time is the union of their spans, not the sum.
@@ -92,14 +108,30 @@ class StageClock:
 
 
 @dataclass
+class _Ask:
+    """What one request of a generate call is for: samples ``first .. first + n - 1`` of
+    the group of ``item`` (a new prompt: all G; a resumed sample: one)."""
+
+    item: PromptItem
+    first: int
+    n: int
+
+    @property
+    def group_index(self) -> int:
+        return self.item.group_index
+
+
+@dataclass
 class _Pending:
     kind: str  # "generate" | "score"
     actor_name: str
     submitted: float
-    payload: Any  # generate: (items, requests); score: (samples, requests)
+    payload: Any  # generate: (asks, requests); score: (samples, requests)
     index: int = 0  # the worker or replica it went to
     attempt: int = 0  # re-issues so far
     version: int = 0  # generate: the policy version the worker must hold
+    call: Any = None  # generate: the ObjectRef of the worker's call id (to pause it)
+    required: bool = False  # generate: resumes carried samples, so it is never paused
 
 
 # One sample, addressed as (group_index, rollout index within the group).
@@ -135,6 +167,7 @@ class StepStream:
         dead_teachers: set[int] | None = None,
         kl_beta: float = 0.0,
         topk: int = 0,
+        partial: bool = False,
     ) -> None:
         self.workers = list(rollout_workers)
         self.teachers = list(teachers)
@@ -166,11 +199,40 @@ class StepStream:
         self._scoring: dict[int, int] = {}
         self._to_score: list[tuple[Sample, ScoreRequest]] = []  # verified, for the next score call
         self._teacher_rr = itertools.cycle(range(max(1, len(self.teachers))))
+        # rollout.partial_rollouts (module docstring): pause once `needed` groups are in.
+        self.partial = partial
+        self.needed = 0
+        self._required: set[int] = set()  # carried into this stream: trained here, never paused
+        self._generated: list[int] = []  # groups whose G samples are all in, in that order
+        self._paused: dict[Sample, Rollout] = {}  # paused in this stream, to carry on
+        self._pausing = False
+        self._chosen: list[RolloutGroup] | None = None
+        self._carried: list[RolloutGroup] = []
 
     # ------------------------------------------------------------------ submit
-    def start(self, items: Sequence[PromptItem], seed: int) -> StepStream:
+    def start(self, items: Sequence[PromptItem], seed: int, carried: Sequence[RolloutGroup] = (),
+              needed: int | None = None) -> StepStream:
+        """Generate ``items`` and finish the ``carried`` groups (paused in an earlier
+        stream; their calls go first); with ``partial``, pause once ``needed`` groups
+        (the carried ones among them) are generated."""
         self.clock = StageClock()
         self.clock.first_submit = self.clock.now()
+        self.needed = len(items) + len(carried) if needed is None else needed
+        resumed: list[tuple[_Ask, GenerationRequest]] = []
+        for g in carried:
+            # The finished samples keep their verdicts and teacher scores.
+            self._groups[g.group_index] = replace(g, rollouts=[None if r.finish_reason == "paused" else r
+                                                               for r in g.rollouts])
+            self._scoring[g.group_index] = 0
+            self._required.add(g.group_index)
+            item = PromptItem(g.uid, g.group_index, g.prompt_ids, g.ground_truth, g.data_source)
+            for j, r in enumerate(g.rollouts):
+                if r.finish_reason == "paused":
+                    resumed.append((_Ask(item, j, 1), GenerationRequest(
+                        uid=g.uid, prompt_ids=g.prompt_ids, n=1, resume=r,
+                        seed=_resume_seed(_request_seed(seed, g.group_index) + j, len(r.response_ids)))))
+            if not any(r.finish_reason == "paused" for r in g.rollouts):
+                self._generated.append(g.group_index)  # every sample had finished
         for it in items:
             self._groups[it.group_index] = RolloutGroup(
                 uid=it.uid, group_index=it.group_index, prompt_ids=it.prompt_ids, ground_truth=it.ground_truth,
@@ -179,36 +241,66 @@ class StepStream:
                 teacher_logp=[None] * self.group_size,
             )
             self._scoring[it.group_index] = 0
-        chunks = [items[i : i + self.prompts_per_request] for i in range(0, len(items), self.prompts_per_request)]
-        for j, chunk in enumerate(chunks):
-            w = j % len(self.workers)
-            reqs = [
-                GenerationRequest(uid=it.uid, prompt_ids=it.prompt_ids, n=self.group_size, seed=_request_seed(seed, it.group_index))
-                for it in chunk
-            ]
-            self._submit_generate(w, list(chunk), reqs, attempt=0, version=self.policy_version)
+        self.clock.resumed_samples = sum(1 for _, req in resumed if req.resume.response_ids)
+        calls: list[tuple[list[tuple[_Ask, GenerationRequest]], bool]] = []
+        per_call = self.prompts_per_request * self.group_size  # resumed samples: about as many tokens a call
+        calls += [(resumed[i : i + per_call], True) for i in range(0, len(resumed), per_call)]
+        fresh = [(_Ask(it, 0, self.group_size),
+                  GenerationRequest(uid=it.uid, prompt_ids=it.prompt_ids, n=self.group_size,
+                                    seed=_request_seed(seed, it.group_index))) for it in items]
+        calls += [(fresh[i : i + self.prompts_per_request], False) for i in range(0, len(fresh), self.prompts_per_request)]
+        for j, (call, required) in enumerate(calls):
+            self._submit_generate(j % len(self.workers), [a for a, _ in call], [r for _, r in call], attempt=0,
+                                  version=self.policy_version, required=required)
+        self._maybe_pause()  # every carried group may already be whole
         return self
 
-    def _submit_generate(self, w: int, items: list[PromptItem], reqs: list[GenerationRequest], *,
-                         attempt: int, version: int) -> None:
+    def _submit_generate(self, w: int, asks: list[_Ask], reqs: list[GenerationRequest], *,
+                         attempt: int, version: int, required: bool = False) -> None:
         worker = self.workers[w]
         # Sequential holds every sample until generation ends: nothing to gain from streaming.
         stream = self.stream_rollouts and not self.sequential
-        start = start_stream if stream else start_collect
-        ref = start(worker, reqs, self.sampling)  # an ObjectRefGenerator when streaming
+        call, ref = start_call(worker, reqs, self.sampling, stream=stream)  # an ObjectRefGenerator when streaming
         self.clock.call_started(w)
-        self._pending[ref] = _Pending("generate", f"rollout worker {w}", time.perf_counter(), (items, reqs),
-                                      index=w, attempt=attempt, version=version)
+        self._pending[ref] = _Pending("generate", f"rollout worker {w}", time.perf_counter(), (asks, reqs),
+                                      index=w, attempt=attempt, version=version, call=call, required=required)
 
     # ------------------------------------------------------------------ collect
     def collect(self) -> list[RolloutGroup]:
-        """Block until every group of the step is verified and scored."""
+        """Block until the step's groups are verified and scored: every group, or with
+        ``partial`` the ``needed`` chosen ones (the rest are carried: take_carried)."""
         self.pump()
-        incomplete = [g for g in sorted(self._groups) if not self._complete(g)]
-        if incomplete:
-            # Every call came back, so a re-issue must have dropped samples.
-            raise RuntimeError(f"stream ended with groups {incomplete} incomplete")
-        return [self._groups[g] for g in sorted(self._groups)]
+        if self._chosen is None:
+            self._chosen, self._carried = self._choose()
+        return self._chosen
+
+    def take_carried(self) -> list[RolloutGroup]:
+        """The groups this stream paused, for the next stream to finish (once)."""
+        carried, self._carried = self._carried, []
+        return carried
+
+    def _choose(self) -> tuple[list[RolloutGroup], list[RolloutGroup]]:
+        if not self.partial:
+            incomplete = [g for g in sorted(self._groups) if not self._complete(g)]
+            if incomplete:
+                # Every call came back, so a re-issue must have dropped samples.
+                raise RuntimeError(f"stream ended with groups {incomplete} incomplete")
+            return [self._groups[g] for g in sorted(self._groups)], []
+        # The carried groups, then the first others to be generated.
+        others = [g for g in self._generated if g not in self._required]
+        chosen = sorted(self._required) + others[: max(0, self.needed - len(self._required))]
+        incomplete = [g for g in chosen if not self._complete(g)]
+        if len(chosen) < self.needed or incomplete or not self._required <= set(self._generated):
+            raise RuntimeError(f"stream ended with {len(chosen)} of {self.needed} groups generated "
+                               f"(incomplete: {incomplete or sorted(self._required - set(self._generated))})")
+        carried = []
+        for g in sorted(set(self._groups) - set(chosen)):
+            group = self._groups[g]
+            rollouts = [r if r is not None else self._paused.get((g, j)) for j, r in enumerate(group.rollouts)]
+            if any(r is None for r in rollouts):
+                raise RuntimeError(f"stream ended with group {g} neither generated nor paused")
+            carried.append(replace(group, rollouts=rollouts))
+        return [self._groups[g] for g in sorted(chosen)], carried
 
     def pump(self, stop_when: Callable[[], bool] | None = None, poll_s: float = 0.05) -> bool:
         """Move groups along until the step is complete (True) or ``stop_when()`` (False).
@@ -263,12 +355,13 @@ class StepStream:
         except Exception as exc:  # noqa: BLE001 - re-raised with the actor's name
             raise RemoteCallError(f"{p.actor_name}: {call}() failed: {first_line(exc)}") from exc
         if p.kind == "generate":
-            items = p.payload[0]
-            if len(result) != len(items):
-                raise RemoteCallError(f"{p.actor_name}: generate() returned {len(result)} groups for {len(items)} prompts")
+            asks = p.payload[0]
+            if len(result) != len(asks):
+                raise RemoteCallError(f"{p.actor_name}: generate() returned {len(result)} groups for {len(asks)} prompts")
             if not self._accept_version(p, result):
                 return
-            self._on_generated([(it.group_index, j, r) for it, group in zip(items, result) for j, r in enumerate(group)])
+            self._on_generated([(a.group_index, a.first + j, r) for a, group in zip(asks, result)
+                                for j, r in enumerate(group)])
             self._generate_call_done(p)
         else:
             self.clock.score_calls += time.perf_counter() - p.submitted
@@ -277,12 +370,12 @@ class StepStream:
     def _next_streamed_sample(self, gen: ray.ObjectRefGenerator) -> None:
         """Take the next ``[(position, index, rollout), ...]`` a worker yielded, or its end."""
         p = self._pending[gen]
-        items = p.payload[0]
+        asks = p.payload[0]
         try:
             ref = next(gen)
         except StopIteration:
             del self._pending[gen]
-            missing = [it.uid for it in items if self._missing(it.group_index)]
+            missing = [a.item.uid for a in asks if self._ask_missing(a)]
             if missing:
                 raise RemoteCallError(f"{p.actor_name}: generate_stream() ended without every sample of "
                                       f"prompts {missing}") from None
@@ -297,13 +390,14 @@ class StepStream:
         except Exception as exc:  # noqa: BLE001 - re-raised with the actor's name
             raise RemoteCallError(f"{p.actor_name}: generate_stream() failed: {first_line(exc)}") from exc
         for position, index, _ in done:
-            if not (0 <= position < len(items) and 0 <= index < self.group_size):
+            if not (0 <= position < len(asks) and 0 <= index < asks[position].n):
                 raise RemoteCallError(f"{p.actor_name}: generate_stream() yielded sample ({position}, {index}) "
-                                      f"outside {len(items)} prompts x {self.group_size}")
+                                      f"outside its {len(asks)} requests")
         if not self._accept_version(p, [[rollout for _, _, rollout in done]]):
             del self._pending[gen]  # what it still yields comes from the same stale weights
             return
-        self._on_generated([(items[position].group_index, index, rollout) for position, index, rollout in done])
+        self._on_generated([(asks[position].group_index, asks[position].first + index, rollout)
+                            for position, index, rollout in done])
 
     def _lost(self, p: _Pending, call: str, exc: ray.exceptions.RayActorError) -> None:
         """The actor died (Ray may be restarting it): the call's work is lost, redo it."""
@@ -333,8 +427,14 @@ class StepStream:
         for gidx, j, rollout in samples:
             if self._groups[gidx].rollouts[j] is not None:
                 continue  # re-issued after a fault: the same seed gave the same sample
+            if rollout.finish_reason == "paused":
+                self._paused[(gidx, j)] = rollout
+                self.clock.paused_samples += 1
+                continue
             self._groups[gidx].rollouts[j] = rollout
             fresh.append((gidx, j))
+            if all(r is not None for r in self._groups[gidx].rollouts):
+                self._generated.append(gidx)
         if not fresh:
             return
         t0 = time.perf_counter()
@@ -351,6 +451,20 @@ class StepStream:
             indices, reqs = teacher_requests(self.spec, self._groups[g], self.kl_beta, among=js, topk=self.topk)
             self._to_score.extend(((g, j), req) for j, req in zip(indices, reqs))
             self._scoring[g] += len(indices)
+        self._maybe_pause()
+
+    def _maybe_pause(self) -> None:
+        """rollout.partial_rollouts: once ``needed`` groups (the carried ones among them)
+        are generated, pause every call that resumes nothing; its samples still decoding
+        come back paused. Scoring what is already generated carries on."""
+        if not self.partial or self._pausing or len(self._generated) < self.needed:
+            return
+        if not self._required <= set(self._generated):
+            return
+        self._pausing = True
+        for p in self._pending.values():
+            if p.kind == "generate" and not p.required:
+                self.workers[p.index].pause.remote(p.call)
 
     def _flush_scores(self) -> None:
         """Send the queued samples to the teacher: one call per live replica."""
@@ -372,8 +486,13 @@ class StepStream:
             self.clock.score_done = self.clock.now()
 
     def _missing(self, g: int) -> int:
-        """Samples of group ``g`` not yet generated."""
-        return sum(r is None for r in self._groups[g].rollouts)
+        """Samples of group ``g`` not yet generated (nor paused)."""
+        return sum(r is None and (g, j) not in self._paused for j, r in enumerate(self._groups[g].rollouts))
+
+    def _ask_missing(self, a: _Ask) -> bool:
+        """Whether a sample a request is for is not yet generated (nor paused)."""
+        rollouts = self._groups[a.group_index].rollouts
+        return any(rollouts[j] is None and (a.group_index, j) not in self._paused for j in range(a.first, a.first + a.n))
 
     def _complete(self, g: int) -> bool:
         return not self._missing(g) and self._scoring[g] == 0
@@ -401,16 +520,23 @@ class StepStream:
             if self.recover_worker is None:
                 return False
             # Only prompts with samples still missing (a stream may have sent some).
-            todo = [k for k, it in enumerate(p.payload[0]) if self._missing(it.group_index)]
-            items = [p.payload[0][k] for k in todo]
+            todo = [k for k, a in enumerate(p.payload[0]) if self._ask_missing(a)]
+            asks = [p.payload[0][k] for k in todo]
             reqs = [p.payload[1][k] for k in todo]
-            logger.warning("%s: %s; re-issuing its %d prompt(s)", p.actor_name, reason, len(items))
+            if self._pausing and not p.required:
+                # Its samples would have been paused: carry them on with what they had.
+                for a, req in zip(asks, reqs):
+                    for j in range(a.first, a.first + a.n):
+                        if self._groups[a.group_index].rollouts[j] is None:
+                            self._paused.setdefault((a.group_index, j), _unstarted(req))
+                asks, reqs = [], []
+            logger.warning("%s: %s; re-issuing its %d prompt(s)", p.actor_name, reason, len(asks))
             try:
                 version = self.recover_worker(p.index)
             except Exception as exc:  # noqa: BLE001 - named and re-raised
                 raise RemoteCallError(f"{p.actor_name}: {reason}, and it could not be brought back: {first_line(exc)}") from exc
-            if items:
-                self._submit_generate(p.index, items, reqs, attempt=p.attempt + 1, version=version)
+            if asks:
+                self._submit_generate(p.index, asks, reqs, attempt=p.attempt + 1, version=version, required=p.required)
             elif not any(q.kind == "generate" for q in self._pending.values()):
                 # Every sample of the lost call had arrived: nothing to redo (the worker is
                 # brought back all the same, for the calls still to come).
@@ -453,3 +579,17 @@ def _foreign_version(results: list[list[Any]], expected: int) -> int | None:
 def _request_seed(seed: int, group_index: int) -> int:
     """A sampling seed per prompt: reproducible whatever worker or batch it lands in."""
     return (seed * 1_000_003 + group_index * 7919) % (2**31 - 1)
+
+
+def _resume_seed(sample_seed: int, tokens_so_far: int) -> int:
+    """The seed a paused sample resumes with: its own seed if it had no tokens yet (so it
+    is the sample it would have been), else one that depends on how far it got."""
+    return (sample_seed + 1_000_033 * tokens_so_far) % (2**31 - 1)
+
+
+def _unstarted(req: GenerationRequest) -> Rollout:
+    """A paused sample with no tokens: what a request lost after the pause leaves."""
+    if req.resume is not None:
+        return req.resume
+    return Rollout(response_ids=[], response_logp=np.zeros(0, dtype=np.float32), text="", finish_reason="paused",
+                   policy_version=-1)

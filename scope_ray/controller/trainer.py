@@ -118,6 +118,8 @@ class Trainer:
         # (old_logp: recompute): used for that one step in place of a recompute.
         self._stored_old_logp: torch.Tensor | None = None
         self._resumed_steps: list[prefetch.StoredStep] = []  # their groups, for the first steps
+        # rollout.partial_rollouts: groups paused by a step's stream, for the next stream.
+        self._carried: list[Any] = []
         # What the rollout workers hold, and how a restarted one is brought up to date.
         self.weights = RolloutWeights(
             lambda: self.parts.rollout_workers, lambda: self.parts.learner, lambda: self.cfg.trainer,
@@ -258,9 +260,9 @@ class Trainer:
 
 
     # ------------------------------------------------------------------ pieces
-    def _next_items(self) -> list[PromptItem]:
+    def _next_items(self, count: int) -> list[PromptItem]:
         items = []
-        for tmpl in self.parts.train_sampler.next_batch(self.cfg.trainer.prompts_per_step):
+        for tmpl in self.parts.train_sampler.next_batch(count) if count > 0 else []:
             items.append(PromptItem(tmpl.uid, self.group_counter, tmpl.prompt_ids, tmpl.ground_truth, tmpl.data_source))
             self.group_counter += 1
         return items
@@ -276,11 +278,18 @@ class Trainer:
             max_retries=c.trainer.actor_max_restarts, dead_teachers=self._dead_teachers,
             kl_beta=c.algorithm.kl_beta,  # the spec decides whether it sends anything to a reference
             topk=c.algorithm.topk if c.algorithm.distill == "topk" else 0,
+            partial=c.rollout.partial_rollouts,
         )
 
     def _start_stream(self) -> StepStream:
+        """The next step's stream: the groups carried from earlier streams first, then new
+        prompts up to prompts_per_step (+ rollout.extra_prompts with partial rollouts)."""
         self.weights.flush()  # a held-back broadcast goes out before the workers get new work
-        return self._new_stream().start(self._next_items(), seed=self.cfg.trainer.seed)
+        c = self.cfg
+        carried, self._carried = self._carried, []
+        in_flight = c.trainer.prompts_per_step + c.rollout.partial_extra_prompts(c.trainer.prompts_per_step)
+        return self._new_stream().start(self._next_items(in_flight - len(carried)), seed=c.trainer.seed,
+                                        carried=carried, needed=c.trainer.prompts_per_step)
 
     def sync_weights(self, wait: bool = True) -> None:
         """Push the learner's weights to every rollout worker (rollout_weights.py); under
@@ -355,12 +364,14 @@ class Trainer:
             self._train_future = None
         return metrics, time.perf_counter() - t0
 
-    @staticmethod
-    def _collect(stream: Any, later: list[Any]) -> list:
+    def _collect(self, stream: Any, later: list[Any]) -> list:
         """``stream``'s groups; the streams of later steps are pumped meanwhile, so their
-        samples keep reaching the verifier and teacher (max_staleness > 1)."""
+        samples keep reaching the verifier and teacher (max_staleness > 1). The groups it
+        paused (partial rollouts) go to the next stream started."""
         pump_streams([stream, *later], stop_when=lambda: stream.done)
-        return stream.collect()
+        groups = stream.collect()
+        self._carried.extend(stream.take_carried())
+        return groups
 
     def _recomputed_old_logp(self, batch, wb: WeightedBatch) -> torch.Tensor:
         """pi_old as the learner's own forward pass (verl's default: engine and learner
@@ -410,6 +421,8 @@ class Trainer:
                 # The next step would compute the same (same groups, same learner): keep it.
                 self._stored_old_logp = old_logp
             prefetch.save(staged, groups, old_logp, index)
+        if self._carried:  # paused samples, resumed (from their tokens so far) after a resume
+            prefetch.save(staged, self._carried, None, stem=prefetch.CARRIED)
         return ckpt.commit(self.run_dir, staged, self.step, self._controller_state(),
                            self.cfg.trainer.keep_checkpoints)
 
@@ -430,6 +443,8 @@ class Trainer:
         self.parts.learner.load_checkpoint(str(ref.deepspeed_dir), timeout_s=self.cfg.trainer.train_timeout_s)
         stored = prefetch.load_all(ref.path)
         self._resumed_steps = [prefetch.StoredStep(groups) for groups, _ in stored]
+        carried = prefetch.load(ref.path, stem=prefetch.CARRIED)
+        self._carried = carried[0] if carried else []
         self._stored_old_logp = stored[0][1] if stored else None
         self.sync_weights()
         logger.info("resumed from %s at step %d%s", ref.path, self.step,

@@ -14,6 +14,11 @@ and calls that arrive after it wait until it is done. So the policy version a sa
 tagged with is exactly the weights that decoded it, and a call issued after an update
 always sees the new weights, as with a one-call-at-a-time actor.
 
+``pause`` (``rollout.partial_rollouts``) ends a call early: each of its unfinished samples
+comes back as a ``finish_reason="paused"`` rollout holding the tokens and log-probs it has
+so far, and a later call continues it (``GenerationRequest.resume``) under whatever
+weights the engine then holds.
+
 Only the loop thread touches the vLLM engine; the other methods put commands on a queue.
 """
 
@@ -99,8 +104,14 @@ class _Call:
     adds: list[tuple[str, Any, Any]]  # (request id, engine input, SamplingParams)
     deliver: Callable[[Finished | BaseException | None], None]
     slots: dict[str, tuple[int, int]] = field(default_factory=dict)  # request id -> (position, index)
+    resumed: dict[str, Rollout] = field(default_factory=dict)  # request id -> the paused sample it continues
     t0: float = field(default_factory=time.perf_counter)
     tokens: int = 0
+
+
+@dataclass
+class _Pause:
+    call_id: int
 
 
 @dataclass
@@ -154,17 +165,32 @@ class RolloutEngine:
         cfg = SamplingConfig.coerce(sampling, self.sampling)
         opened = OpenCall(next(self._call_ids), queue.SimpleQueue())
         call = _Call(opened.id, [], opened.outputs.put)
+        done_at_once: Finished = []
         for position, req in enumerate(requests):
             seed = req.seed
             if seed is None:
                 seed = request_seed(self.options.seed, self.worker_index, self._requests_served)
             served = self._requests_served
             self._requests_served += 1
-            prompt = tokens_input(list(req.prompt_ids))  # an engine input: nothing to render
+            prompt_ids, req_cfg = list(req.prompt_ids), cfg
+            if req.resume is not None:
+                if req.n != 1:
+                    raise ValueError(f"request {req.uid}: a resumed sample has n 1, not {req.n}")
+                left = cfg.max_tokens - len(req.resume.response_ids)
+                if left <= 0:  # paused on its last token: nothing left to decode
+                    done_at_once.append((position, 0, replace(req.resume, finish_reason="length")))
+                    continue
+                prompt_ids += list(req.resume.response_ids)
+                req_cfg = replace(cfg, max_tokens=left)
+            prompt = tokens_input(prompt_ids)  # an engine input: nothing to render
             for j in range(req.n):
                 rid = f"w{self.worker_index}-r{served}-s{j}"
-                call.adds.append((rid, prompt, _params(seed + j, cfg)))
+                call.adds.append((rid, prompt, _params(seed + j, req_cfg)))
                 call.slots[rid] = (position, j)
+                if req.resume is not None:
+                    call.resumed[rid] = req.resume
+        if done_at_once:
+            opened.outputs.put(done_at_once)
         self._commands.put(call)
         return opened
 
@@ -182,6 +208,12 @@ class RolloutEngine:
         finally:
             if not ended:
                 self._commands.put(_Abort(call.id))
+
+    def pause(self, call_id: int) -> None:
+        """End call ``call_id`` now: its unfinished samples arrive as ``"paused"`` rollouts
+        (the tokens so far; none if it was not admitted yet), then its end. A call that has
+        already ended is left alone."""
+        self._commands.put(_Pause(call_id))
 
     def run_exclusive(self, fn: Callable[[], Any]) -> Future:
         """Run ``fn`` on the loop thread once the engine holds no call admitted before it;
@@ -222,6 +254,10 @@ class RolloutEngine:
                 self._step()
 
     def _take(self, command: Any, held: deque) -> None:
+        if isinstance(command, _Pause):
+            # At once, like an abort: a weight update may be waiting for this call to end.
+            self._pause(command.call_id, held)
+            return
         if isinstance(command, _Abort):
             # At once, even behind an exclusive: that one may be waiting for this call.
             held_call = next((c for c in held if isinstance(c, _Call) and c.id == command.call_id), None)
@@ -232,6 +268,57 @@ class RolloutEngine:
                 self._end(call, None, abort=True)
             return
         held.append(command)
+
+    def _pause(self, call_id: int, held: deque) -> None:
+        call = next((c for c in held if isinstance(c, _Call) and c.id == call_id), None)
+        if call is not None:  # not admitted yet: every sample is paused with no tokens
+            held.remove(call)
+            call.deliver([(*call.slots[rid], self._paused(rid, call, None)) for rid, *_ in call.adds])
+            call.deliver(END)
+            return
+        call = self._inflight.get(call_id)
+        if call is None:
+            return  # already ended
+        engine = self.llm.llm_engine
+        # vLLM's synchronous LLMEngine hands an aborted request's output only to AsyncLLM's
+        # queues, so the tokens so far are read from its output processor first (streaming
+        # every token instead would cost a RequestOutput per sequence per engine step).
+        # A token the engine core sampled but has not yet returned is dropped with the
+        # request, and decoded again when the sample is resumed.
+        processor = engine.output_processor
+        paused = [(*call.slots[rid], self._paused(rid, call, _request_state(processor, rid))) for rid in call.slots
+                  if rid in self._owner]
+        if paused:
+            call.deliver(paused)
+        self._end(call, None, abort=True)
+
+    def _paused(self, rid: str, call: _Call, state: Any) -> Rollout:
+        """What request ``rid`` has decoded so far, as a rollout to resume later."""
+        ids: list[int] = []
+        logp = np.zeros(0, dtype=np.float32)
+        if state is not None:
+            ids = list(state.detokenizer.output_token_ids)
+            sampled = state.logprobs_processor.logprobs or []
+            logp = np.array([step[tok].logprob for step, tok in zip(sampled, ids, strict=True)], dtype=np.float32)
+        part = Rollout(response_ids=ids, response_logp=logp, text="", finish_reason="paused",
+                       policy_version=self.version)
+        return self._joined(call.resumed.get(rid), part)
+
+    def _joined(self, before: Rollout | None, after: Rollout) -> Rollout:
+        """A resumed sample: the paused part ``before``, then what was decoded since."""
+        if before is None or not before.response_ids:
+            return after
+        ids = list(before.response_ids) + list(after.response_ids)
+        first = before.oldest_version
+        return Rollout(
+            response_ids=ids,
+            response_logp=np.concatenate([np.asarray(before.response_logp, dtype=np.float32), after.response_logp]),
+            # The text of the whole response (the engine's own covers only the new tokens).
+            text="" if after.finish_reason == "paused" else self.llm.get_tokenizer().decode(ids, skip_special_tokens=True),
+            finish_reason=after.finish_reason,
+            policy_version=after.policy_version,
+            first_version=None if first == after.policy_version else first,
+        )
 
     def _run_exclusive(self, job: _Exclusive) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -276,7 +363,7 @@ class RolloutEngine:
             if call is None:
                 continue
             del self._owner[out.request_id]
-            rollout = self._rollout(out.outputs[0])
+            rollout = self._joined(call.resumed.get(out.request_id), self._rollout(out.outputs[0]))
             call.tokens += len(rollout.response_ids)
             finished.setdefault(call.id, []).append((*call.slots.pop(out.request_id), rollout))
         for call_id, done in finished.items():
@@ -286,7 +373,7 @@ class RolloutEngine:
                 self._end(call, None)
 
     def _end(self, call: _Call, error: BaseException | None, abort: bool = False) -> None:
-        """Take a call out of the engine: done (error None), failed or abandoned."""
+        """Take a call out of the engine: done (error None), failed, abandoned or paused."""
         self._inflight.pop(call.id, None)
         left = [rid for rid in call.slots if self._owner.pop(rid, None) is not None]  # in the engine
         if abort and left:
@@ -309,6 +396,13 @@ class RolloutEngine:
             finish_reason=str(c.finish_reason),
             policy_version=self.version,
         )
+
+
+def _request_state(processor: Any, request_id: str) -> Any:
+    """vLLM's output-processor state of the request we added as ``request_id`` (it keys
+    them by an internal id of its own), or None if it holds none."""
+    internal = processor.external_req_ids.get(request_id) or []
+    return processor.request_states.get(internal[0]) if len(internal) == 1 else None
 
 
 def calls_in_flight_limit(setting: int) -> int:

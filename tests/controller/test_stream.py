@@ -164,3 +164,102 @@ def test_a_worker_dying_mid_stream_gets_only_its_undelivered_prompts_again(ray_s
     # Samples that came twice (sample 0 of the re-issued prompts) were taken once.
     assert all(g.rewards == [1.0, 0.0] and g.teacher_logp[0] is None for g in groups)
     assert sum(n for _, n in arrivals) == GROUPS
+
+
+@ray.remote(num_cpus=0, max_concurrency=8)
+class PausableWorker:
+    """The RolloutWorker protocol with pause. Sample j of group i takes i + j + 1 ticks,
+    one token a tick; a paused sample comes back with the tokens it has; a resumed
+    sample ends one tick later with one more token, tagged with both versions, wrong."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, list[GenerationRequest]] = {}
+        self.paused: set[int] = set()
+        self.resumed: list[GenerationRequest] = []
+
+    def submit(self, requests: list[GenerationRequest], sampling=None) -> int:
+        self.calls[len(self.calls)] = requests
+        return len(self.calls) - 1
+
+    def pause(self, call_id: int) -> None:
+        self.paused.add(call_id)
+
+    def stream(self, call_id: int):
+        reqs = self.calls[call_id]
+        self.resumed += [r for r in reqs if r.resume is not None]
+        left = {(i, j) for i, r in enumerate(reqs) for j in range(r.n)}
+        for tick in range(1, GROUPS + G + 1):
+            time.sleep(GAP_S)
+            if call_id in self.paused:
+                yield [(i, j, _tokens(tick - 1, "paused")) for i, j in sorted(left)]
+                return
+            done = [(i, j) for i, j in sorted(left) if _ticks(reqs[i], j) == tick]
+            left -= set(done)
+            if done:
+                yield [(i, j, _finished(reqs[i], j, tick)) for i, j in done]
+            if not left:
+                return
+
+    def get_resumed(self) -> list[GenerationRequest]:
+        return self.resumed
+
+
+def _ticks(req: GenerationRequest, j: int) -> int:
+    return 1 if req.resume is not None else int(req.prompt_ids[-1]) - 3 + j + 1  # group i: prompt [1, 2, 3 + i]
+
+
+def _tokens(n: int, reason: str, version: int = 0) -> Rollout:
+    return Rollout(response_ids=[9] * n, response_logp=np.full(n, -0.5, np.float32), text="", finish_reason=reason,
+                   policy_version=version)
+
+
+def _finished(req: GenerationRequest, j: int, tick: int) -> Rollout:
+    text = "right" if j == 0 else "wrong"
+    if req.resume is None:
+        return Rollout([7] * tick, np.zeros(tick, np.float32), text, "stop", 0)
+    before = req.resume
+    return Rollout(before.response_ids + [7], np.append(before.response_logp, 0.0).astype(np.float32),
+                   "wrong", "stop", 0, first_version=-1)
+
+
+def test_partial_rollouts_train_the_first_groups_and_carry_the_rest_into_the_next_stream(ray_session) -> None:
+    """rollout.partial_rollouts, the controller side. Four groups in flight, two
+    needed: once groups 0 and 1 are generated the call is paused, they are trained, and
+    groups 2 and 3 are carried, each sample paused with its tokens so far, but group 2's
+    sample 0, which had finished, with its verdict. The next stream resumes exactly the
+    paused samples first, from their tokens, and must train groups 2 and 3 whatever else
+    it holds; its new prompts are paused and carried in turn. No group is trained twice
+    or lost, and no sample scored twice."""
+    worker, teacher = PausableWorker.remote(), RecordingTeacher.remote()
+    items = [*_items(), *(PromptItem(f"p{i}", i, [1, 2, 3 + i - GROUPS], "right", "test") for i in (4, 5))]
+    try:
+        first = _stream([worker], teacher, partial=True).start(items[:4], seed=0, needed=2)
+        groups = first.collect()
+        carried = first.take_carried()
+        assert [g.group_index for g in groups] == [0, 1] and first.take_carried() == []
+        assert [g.group_index for g in carried] == [2, 3]
+        assert [[r.finish_reason for r in g.rollouts] for g in carried] == [["stop", "paused"], ["paused", "paused"]]
+        assert carried[0].rewards[0] == 1.0
+        paused = [(g.uid, r) for g in carried for r in g.rollouts if r.finish_reason == "paused"]
+        assert [len(r.response_ids) for _, r in paused] == [3, 3, 3]  # paused in the 4th tick
+        assert first.clock.paused_samples == 3
+
+        second = _stream([worker], teacher, partial=True).start(items[4:], seed=0, carried=carried, needed=2)
+        trained = second.collect()
+        resumed = ray.get(worker.get_resumed.remote())
+        arrivals = ray.get(teacher.get_arrivals.remote())
+    finally:
+        ray.kill(worker)
+        ray.kill(teacher)
+    assert [g.group_index for g in trained] == [2, 3]
+    assert sorted((r.uid, r.resume.response_ids) for r in resumed) == sorted((u, r.response_ids) for u, r in paused)
+    assert [g.rewards for g in trained] == [[1.0, 0.0], [0.0, 0.0]]
+    assert [[t is not None for t in g.teacher_logp] for g in trained] == [[False, True], [True, True]]
+    for g, before in zip(trained, carried):
+        for r, b in zip(g.rollouts, before.rollouts):
+            if b.finish_reason == "paused":
+                assert r.response_ids == b.response_ids + [7] and r.first_version == -1
+            else:
+                assert r.response_ids == b.response_ids and r.first_version is None
+    assert [g.group_index for g in second.take_carried()] == [4, 5]
+    assert sum(n for _, n in arrivals) == 2 + 3  # groups 0 and 1's incorrect sample, the 3 resumed ones

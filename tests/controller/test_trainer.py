@@ -173,7 +173,7 @@ def test_staleness_1_resume_equals_uninterrupted(ray_session, tiny_bootstrap, st
     for later in ("step_000002", "step_000003"):
         shutil.rmtree(ckpt.checkpoints_dir(tmp_path) / later)
     ref = ckpt.latest_valid(tmp_path)
-    assert ref is not None and ref.step == 1 and (ref.path / prefetch.META).is_file()
+    assert ref is not None and ref.step == 1 and (ref.path / f"{prefetch.PREFETCHED}.json").is_file()
     cfg = _cfg(tiny_bootstrap, tmp_path, 3, [*STALE, f"learner.old_logp={mode}"])
     run_training(cfg, tmp_path, ref, show_progress=False)
 
@@ -356,3 +356,50 @@ def test_topk_distillation_trains_and_resumes_exactly_at_staleness_1(ray_session
     assert (got["step"], got["rollout/tokens"], got["teacher/topk_payload_mb"]) == \
         (want["step"], want["rollout/tokens"], want["teacher/topk_payload_mb"])
     assert got["learner/loss"] == pytest.approx(want["learner/loss"], rel=1e-5, abs=1e-7)
+
+
+PARTIAL = ["rollout.partial_rollouts=true", "rollout.extra_prompts=2", "rollout.prompts_per_request=1",
+           "rollout.max_calls_in_flight=0", "trainer.eval_at_end=false", "trainer.keep_checkpoints=5"]
+
+
+@pytest.mark.parametrize("staleness", [0, 2])
+def test_partial_rollouts_resume_paused_samples_within_the_staleness_bound(ray_session, tiny_bootstrap,
+                                                                          tmp_path_factory, staleness):
+    """rollout.partial_rollouts on the real actors: 6 groups in flight, 4 trained a step
+    (every call decoding together, so the last groups are paused mid-sample). Every step
+    trains 4 whole groups; samples are paused and resumed from their tokens; no trained
+    token is older than the bound, max(1, 2 k) versions (a carried sample waits for the
+    next stream started, up to k steps ahead); at k 0 the resumed samples reach it (their
+    first tokens are one version old). A checkpoint keeps the carried groups with their
+    paused samples, and a run resumed from it trains them and carries on."""
+    import shutil
+
+    from scope_ray.controller import prefetch
+
+    steps = 4 if staleness == 0 else 3
+    extra = [*PARTIAL, f"trainer.max_staleness={staleness}"]
+    full = tmp_path_factory.mktemp(f"partial{staleness}")
+    run_training(_cfg(tiny_bootstrap, full, steps, extra), full, None, show_progress=False)
+    rows = [r for r in _rows(full) if "learner/loss" in r]
+    assert len(rows) == steps
+    assert all(r["branch/correct_size"] + r["branch/incorrect_size"] == 4 * 4 for r in rows)
+    assert sum(r["rollout/paused_samples"] for r in rows) > 0 and sum(r["rollout/resumed_samples"] for r in rows) > 0
+    bound = max(1, 2 * staleness)
+    assert max(r["rollout/staleness_max"] for r in rows) <= bound
+    if staleness == 0:
+        assert max(r["rollout/staleness_max"] for r in rows) == 1
+        ref = ckpt.latest_valid(full)
+        carried, _ = prefetch.load(ref.path, stem=prefetch.CARRIED)
+        assert len(carried) == 2 and [len(g.rollouts) for g in carried] == [4, 4]
+
+        resumed = tmp_path_factory.mktemp("partial_resumed")
+        shutil.copytree(full, resumed, dirs_exist_ok=True)
+        for later in ("step_000003", "step_000004"):
+            shutil.rmtree(ckpt.checkpoints_dir(resumed) / later)
+        ref = ckpt.latest_valid(resumed)
+        assert ref.step == 2 and len(prefetch.load(ref.path, stem=prefetch.CARRIED)[0]) == 2
+        run_training(_cfg(tiny_bootstrap, resumed, 4, extra), resumed, ref, show_progress=False)
+        after = [r for r in _rows(resumed) if "learner/loss" in r and r["step"] > 2]
+        assert [r["step"] for r in after] == [3, 4]
+        assert all(r["branch/correct_size"] + r["branch/incorrect_size"] == 16 for r in after)
+        assert after[0]["rollout/staleness_max"] <= 1

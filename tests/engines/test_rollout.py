@@ -9,7 +9,7 @@ import pytest
 import ray
 import torch
 
-from actors.rollout import RolloutWorker, start_collect, start_stream
+from actors.rollout import RolloutWorker, start_call, start_collect, start_stream
 from scope_ray.bootstrap.models import TinyModelSpec, init_model
 from scope_ray.engines.vllm_engine import EngineOptions
 from scope_ray.engines.weight_broadcast import BroadcastGroup, spec_of
@@ -298,3 +298,66 @@ def test_broadcast_of_a_different_model_is_refused_and_loads_nothing(worker) -> 
     reqs = [GenerationRequest(uid="0", prompt_ids=PROMPTS[0], n=2, seed=5)]
     for r in ray.get(worker.generate.remote(reqs))[0]:
         np.testing.assert_allclose(r.response_logp, _hf_response_logp(keep, PROMPTS[0], r.response_ids), atol=1e-4)
+
+def _streamed(gen) -> list:
+    """Every (position, index, rollout) a call's stream yields."""
+    return [item for ref in gen for item in ray.get(ref, timeout=120)]
+
+
+def test_pause_hands_back_each_unfinished_sample_and_resume_finishes_it_exactly(worker, tiny_model_dir) -> None:
+    """rollout.partial_rollouts, the engine side. A long call is paused mid-decode (a
+    short call beside it has ended, so the long one has ~its length of tokens): each
+    unfinished sample comes back once as "paused" with its tokens so far and their
+    log-probs, which are the policy's. Resumed under newer weights, a sample continues
+    from those tokens: the result is the paused part then the new tokens, each token's
+    log-prob that of the weights that sampled it (old ones for the prefix, new after),
+    tagged with both versions, its text the whole response's."""
+    from transformers import AutoTokenizer
+
+    old, new = _sharp_model(seed=8), _sharp_model(seed=9)
+    _push_safetensors(worker, old.state_dict(), version=20)
+    long_reqs = [GenerationRequest(uid=str(i), prompt_ids=p, n=3, seed=40 + i) for i, p in enumerate(PROMPTS[:2])]
+    long_call, long_gen = start_call(worker, long_reqs, {"temperature": 1.0, "max_tokens": 200})
+    short = start_collect(worker, [GenerationRequest("s", PROMPTS[0], 1, seed=1)], {"max_tokens": 6})
+    ray.get(short, timeout=120)
+    ray.get(worker.pause.remote(long_call), timeout=60)
+    items = _streamed(long_gen)
+    assert sorted((p, j) for p, j, _ in items) == [(p, j) for p in range(2) for j in range(3)]  # each once
+    paused = [(p, r) for p, _, r in items if r.finish_reason == "paused"]
+    assert paused and all(0 < len(r.response_ids) < 200 for _, r in paused)
+    for p, r in paused:
+        assert r.policy_version == 20 and r.first_version is None
+        np.testing.assert_allclose(r.response_logp, _hf_response_logp(old, PROMPTS[p], r.response_ids), atol=1e-4)
+
+    _push_safetensors(worker, new.state_dict(), version=21)
+    resumed = ray.get(start_collect(worker, [GenerationRequest(str(k), PROMPTS[p], 1, seed=7 + k, resume=r)
+                                             for k, (p, r) in enumerate(paused)], {"max_tokens": 200}), timeout=120)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for (p, before), [after] in zip(paused, resumed):
+        k = len(before.response_ids)
+        assert after.response_ids[:k] == before.response_ids and len(after.response_ids) > k
+        assert after.finish_reason in ("stop", "length") and len(after.response_ids) <= 200
+        assert (after.first_version, after.policy_version, after.oldest_version) == (20, 21, 20)
+        np.testing.assert_array_equal(after.response_logp[:k], before.response_logp)
+        np.testing.assert_allclose(after.response_logp[k:], _hf_response_logp(new, PROMPTS[p], after.response_ids)[k:],
+                                   atol=1e-4)
+        assert after.text == tok.decode(after.response_ids, skip_special_tokens=True)
+
+
+def test_pausing_a_call_not_yet_admitted_hands_back_every_sample_empty(worker) -> None:
+    """A call still waiting its turn (here behind an exclusive job) is paused whole: every
+    sample comes back "paused" with no tokens, and resuming one from nothing with its own
+    seed gives the sample the call would have given."""
+    reqs = [GenerationRequest(uid="0", prompt_ids=PROMPTS[1], n=2, seed=77)]
+    sampling = {"temperature": 1.0, "max_tokens": 10}
+    ray.get(worker.__ray_call__.remote(lambda self: self.engine.run_exclusive(lambda: time.sleep(1.0)) and None))
+    call, gen = start_call(worker, reqs, sampling)
+    ray.get(worker.pause.remote(call), timeout=60)
+    items = _streamed(gen)
+    assert sorted((p, j) for p, j, _ in items) == [(0, 0), (0, 1)]
+    assert all(r.finish_reason == "paused" and r.response_ids == [] for _, _, r in items)
+    fresh = ray.get(worker.generate.remote(reqs, sampling))[0]
+    again = ray.get(worker.generate.remote([GenerationRequest("0", PROMPTS[1], 1, seed=77 + j, resume=r)
+                                            for _, j, r in sorted(items, key=lambda x: x[1])], sampling))
+    assert [g[0].response_ids for g in again] == [r.response_ids for r in fresh]
+    assert ray.get(worker.pause.remote(call), timeout=60) is None  # an ended call: nothing to do

@@ -90,12 +90,16 @@ def test_rollout_worker_killed_mid_step_and_between_steps(ray_session, tiny_boot
         assert set(groups.values()) == {None}
 
 
+@pytest.mark.parametrize("partial", [False, True], ids=["whole", "partial"])
 def test_rollout_worker_killed_with_two_steps_ahead(ray_session, tiny_bootstrap, tmp_path, monkeypatch,
-                                                   caplog) -> None:
+                                                   caplog, partial) -> None:
     """max_staleness 2: two steps' calls are queued on the worker when it is killed. Its
     lost calls of both streams are re-issued once it has the newest weights; the run
     ends with every group of every step taken once and no rollout more than 2 versions
-    old. (Not equal to a fault-free run: the re-issued samples come from newer weights.)"""
+    old. (Not equal to a fault-free run: the re-issued samples come from newer weights.)
+    With partial rollouts (2 extra groups a step, paused samples in flight) every sample
+    is still taken once: the trained ones and those of the groups still carried at the
+    end, and no token is more than 2 x 2 versions old."""
     accepted = {"samples": 0, "killed": False}
     original = StepStream._on_generated
 
@@ -108,18 +112,22 @@ def test_rollout_worker_killed_with_two_steps_ahead(ray_session, tiny_bootstrap,
             ray.kill(self.workers[0], no_restart=False)
 
     monkeypatch.setattr(StepStream, "_on_generated", kill_once_two_streams_are_out)
-    cfg = fault_cfg(tiny_bootstrap, tmp_path, steps=4, extra=["trainer.max_staleness=2", "trainer.save_every=0"])
+    extra = ["rollout.partial_rollouts=true", "rollout.extra_prompts=2"] if partial else []
+    cfg = fault_cfg(tiny_bootstrap, tmp_path, steps=4, extra=["trainer.max_staleness=2", "trainer.save_every=0", *extra])
     with caplog.at_level(logging.WARNING, logger="scope_ray.controller"):
         trainer, summary = run_trainer(cfg, tmp_path)
     assert accepted["killed"] and summary.steps == 4
     assert any("the actor died" in r.getMessage() for r in caplog.records)
     assert trainer.rollout_recoveries >= 1
-    assert accepted["samples"] == 4 * 16  # every sample of every step taken exactly once
+    # Every sample of every step taken exactly once (and those of the groups still carried).
+    left = sum(r.finish_reason != "paused" for g in trainer._carried for r in g.rollouts)
+    assert accepted["samples"] == 4 * 16 + left
     steps = [r for r in rows(tmp_path) if "learner/loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert (sum(r["rollout/paused_samples"] for r in steps) > 0) == partial
     for r in steps:
         assert r["branch/correct_size"] + r["branch/incorrect_size"] == 16
-        assert r["rollout/staleness_max"] <= 2
+        assert r["rollout/staleness_max"] <= (4 if partial else 2)
 
 
 def test_teacher_replicas_killed_while_scoring(ray_session, tiny_bootstrap, baseline, tmp_path,
