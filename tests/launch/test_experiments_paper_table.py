@@ -168,7 +168,10 @@ def test_staleness_arms_are_scope_at_each_bound(tmp_path: Path) -> None:
         assert "algorithm.name=scope" in ov
         # The arm's bound wins over a --set one: the last max_staleness in the list.
         bounds[arm.name] = [o for o in ov if o.startswith("trainer.max_staleness=")][-1].split("=")[1]
-    assert bounds == {"scope-s0": "0", "scope-s1": "1", "scope-s2": "2", "scope-s4": "4"}
+    assert bounds == {"scope-s0": "0", "scope-s1": "1", "scope-s2": "2", "scope-s4": "4",
+                      "scope-s1-partial": "1", "scope-s2-partial": "2", "scope-s4-partial": "4"}
+    partial = [arm.name for arm in pt.STALENESS_ARMS if "rollout.partial_rollouts=true" in arm.overrides]
+    assert partial == ["scope-s1-partial", "scope-s2-partial", "scope-s4-partial"]
 
 
 def test_curves_png(tmp_path: Path) -> None:
