@@ -146,22 +146,8 @@ class RolloutEngine:
         self.steps = 0
         self.peak_in_flight = 0
         self.llm = create_llm(engine)
-        self._warm_up()
         self._thread = threading.Thread(target=self._loop, name=f"rollout-engine-{worker_index}", daemon=True)
         self._thread.start()
-
-    def _warm_up(self) -> None:
-        """One tiny seeded generate before the loop starts. vLLM's first forward pays a
-        one-off set-up (on CPU 2-4 s, against 0.5 s for a training call after it); done
-        here it overlaps the learner's DeepSpeed start instead of delaying the first step
-        (bench/RESULTS.md, start-up). Nothing of it stays: the prefix cache is reset, and
-        it is not counted among the requests served (which seed unseeded ones)."""
-        from vllm.inputs import tokens_input
-
-        t0 = time.perf_counter()
-        self.llm.generate([tokens_input([1, 2, 3])], _params(0, SamplingConfig(max_tokens=4)), use_tqdm=False)
-        self.llm.reset_prefix_cache()
-        logger.debug("worker %d: engine warmed up in %.2fs", self.worker_index, time.perf_counter() - t0)
 
     # ------------------------------------------------------------ any thread
     def submit(self, requests: list[GenerationRequest],
