@@ -11,7 +11,7 @@ one gets everything wrong, and SCOPE then costs exactly what OPD costs).
 One set of rollout workers and one teacher serve both algorithms (two learner groups,
 one per algorithm, both from the same initial student, reset before every trial);
 trials alternate scope / opd (opd / scope on odd repetitions), under
-``trainer.max_staleness=0`` and ``=1`` (schedule ``stream``). Per step (means over the
+``trainer.max_staleness=0`` and ``=1`` (``--staleness``: any of 0-4; schedule ``stream``). Per step (means over the
 steps of each trial without its first and last, i.e. pipeline fill and drain):
 
 - teacher tokens: ``teacher/scored_tokens`` (response tokens scored, from metrics.jsonl)
@@ -53,7 +53,7 @@ ALGOS = ("scope", "opd")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_trial_args(ap)
-    ap.add_argument("--staleness", type=int, nargs="+", default=[0, 1], choices=[0, 1])
+    ap.add_argument("--staleness", type=int, nargs="+", default=[0, 1], choices=[0, 1, 2, 3, 4])
     ap.add_argument("--ppr", type=int, nargs="+", default=[4],
                     help="rollout.prompts_per_request values to compare (smaller: scoring streams sooner)")
     ap.add_argument("--stream-rollouts", type=int, nargs="+", default=[1], choices=[1, 0],
