@@ -286,7 +286,10 @@ class Trainer:
         prompts up to prompts_per_step (+ rollout.extra_prompts with partial rollouts)."""
         self.weights.flush()  # a held-back broadcast goes out before the workers get new work
         c = self.cfg
-        carried, self._carried = self._carried, []
+        # A carried group must be trained by the stream it joins, so a stream takes at
+        # most a step's worth (more wait only when a checkpoint collected several streams
+        # ahead at once, each carrying its own).
+        carried, self._carried = self._carried[: c.trainer.prompts_per_step], self._carried[c.trainer.prompts_per_step:]
         in_flight = c.trainer.prompts_per_step + c.rollout.partial_extra_prompts(c.trainer.prompts_per_step)
         return self._new_stream().start(self._next_items(in_flight - len(carried)), seed=c.trainer.seed,
                                         carried=carried, needed=c.trainer.prompts_per_step)
