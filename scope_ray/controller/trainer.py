@@ -46,6 +46,7 @@ from scope_ray.controller.stop_signal import StopRequest
 from scope_ray.controller.trackers import open_trackers
 from scope_ray.controller.stream import PromptItem, StepStream, Verifier, pump_streams
 from scope_ray.errors import LearnerFailure, RemoteCallError, TrainingStopped
+from scope_ray.types import RolloutGroup
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class Trainer:
         self._stored_old_logp: torch.Tensor | None = None
         self._resumed_steps: list[prefetch.StoredStep] = []  # their groups, for the first steps
         # rollout.partial_rollouts: groups paused by a step's stream, for the next stream.
-        self._carried: list[Any] = []
+        self._carried: list[RolloutGroup] = []
         # What the rollout workers hold, and how a restarted one is brought up to date.
         self.weights = RolloutWeights(
             lambda: self.parts.rollout_workers, lambda: self.parts.learner, lambda: self.cfg.trainer,

@@ -299,7 +299,7 @@ class RolloutEngine:
         if state is not None:
             ids = list(state.detokenizer.output_token_ids)
             sampled = state.logprobs_processor.logprobs or []
-            logp = np.array([step[tok].logprob for step, tok in zip(sampled, ids, strict=True)], dtype=np.float32)
+            logp = _sampled_logp(sampled, ids)
         part = Rollout(response_ids=ids, response_logp=logp, text="", finish_reason="paused",
                        policy_version=self.version)
         return self._joined(call.resumed.get(rid), part)
@@ -388,7 +388,7 @@ class RolloutEngine:
 
     def _rollout(self, c: Any) -> Rollout:
         ids = list(c.token_ids)
-        logp = np.array([step[tok].logprob for step, tok in zip(c.logprobs, ids, strict=True)], dtype=np.float32)
+        logp = _sampled_logp(c.logprobs, ids)
         return Rollout(
             response_ids=ids,
             response_logp=logp,
@@ -396,6 +396,11 @@ class RolloutEngine:
             finish_reason=str(c.finish_reason),
             policy_version=self.version,
         )
+
+
+def _sampled_logp(logprobs: Any, ids: list[int]) -> np.ndarray:
+    """The log-prob of each sampled token, from vLLM's per-position logprobs (logprobs=0)."""
+    return np.array([step[tok].logprob for step, tok in zip(logprobs, ids, strict=True)], dtype=np.float32)
 
 
 def _request_state(processor: Any, request_id: str) -> Any:
