@@ -485,14 +485,17 @@ class StepStream:
         if not self._pending:
             self.clock.score_done = self.clock.now()
 
+    def _unfilled(self, g: int, js: range) -> int:
+        """How many of group ``g``'s samples ``js`` are not yet generated (nor paused)."""
+        rollouts = self._groups[g].rollouts
+        return sum(rollouts[j] is None and (g, j) not in self._paused for j in js)
+
     def _missing(self, g: int) -> int:
-        """Samples of group ``g`` not yet generated (nor paused)."""
-        return sum(r is None and (g, j) not in self._paused for j, r in enumerate(self._groups[g].rollouts))
+        return self._unfilled(g, range(len(self._groups[g].rollouts)))
 
     def _ask_missing(self, a: _Ask) -> bool:
         """Whether a sample a request is for is not yet generated (nor paused)."""
-        rollouts = self._groups[a.group_index].rollouts
-        return any(rollouts[j] is None and (a.group_index, j) not in self._paused for j in range(a.first, a.first + a.n))
+        return self._unfilled(a.group_index, range(a.first, a.first + a.n)) > 0
 
     def _complete(self, g: int) -> bool:
         return not self._missing(g) and self._scoring[g] == 0
